@@ -1,0 +1,61 @@
+"""The ASGI application: create_app(settings, registry) and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ember import __version__
+from ember.api.errors import install_error_handlers
+from ember.api.protocol import EmbeddingRequest
+from ember.api.routes import protected, public
+from ember.api.state import AppState
+from ember.models.registry import ModelRegistry
+from ember.scheduler import Scheduler
+from ember.settings import ServerSettings
+
+
+def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) -> FastAPI:
+    """A ready app; state lives on `app.state`, so several apps can share one process."""
+    registry = registry or ModelRegistry(settings.resolved_models_dir)
+    scheduler = Scheduler(max_queued_items=settings.max_queued_inputs)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await scheduler.close()
+        registry.close()
+
+    app = FastAPI(
+        title="Ember",
+        version=__version__,
+        summary="A local, OpenAI-compatible text-embeddings server.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ember = AppState(settings, registry, scheduler)
+    install_error_handlers(app)
+    app.include_router(public)
+    app.include_router(protected)
+    _register_request_schema(app)
+    return app
+
+
+def _register_request_schema(app: FastAPI) -> None:
+    """The embeddings route parses its own body (for size limits and clear errors); publish
+    its request schema so the OpenAPI document stays complete."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["EmbeddingRequest"] = EmbeddingRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

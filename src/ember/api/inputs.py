@@ -1,0 +1,136 @@
+"""Turns a request's `input` into the model's token sequences, enforcing every limit."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ember.api.protocol import EmbeddingInput
+from ember.engines.base import TokenIds
+from ember.errors import ContextLengthExceeded, InvalidRequest, LimitExceeded
+from ember.models.loader import LoadedModel
+from ember.models.settings import ModelSettings
+from ember.settings import ServerSettings
+
+# Generic names clients send, and the prompt names models commonly use for them.
+PROMPT_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "query": ("query", "search_query", "retrieval.query"),
+    "document": ("document", "search_document", "passage", "retrieval.passage"),
+}
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """The sequences the engine will see, and how many tokens they hold."""
+
+    sequences: list[TokenIds]
+    prompt_tokens: int
+
+
+def split_input(raw: EmbeddingInput) -> list[str] | list[list[int]]:
+    """One list of texts or of token arrays, whatever shape the request used."""
+    if isinstance(raw, str):
+        return [raw]
+    if not raw:
+        raise InvalidRequest("'input' must not be an empty array.", param="input")
+    if isinstance(raw[0], int):
+        return [raw]  # type: ignore[list-item]
+    return raw  # type: ignore[return-value]
+
+
+def prompt_for(settings: ModelSettings, input_type: str | None) -> str:
+    """The prefix to put before each text: the named prompt, else the model's default."""
+    if input_type is None:
+        return settings.prompts.get(settings.default_prompt or "", "")
+    if input_type in settings.prompts:
+        return settings.prompts[input_type]
+    for name in PROMPT_SYNONYMS.get(input_type, ()):
+        if name in settings.prompts:
+            return settings.prompts[name]
+    if input_type in PROMPT_SYNONYMS and not settings.prompts:
+        return ""  # a model without prompts embeds queries and documents alike
+    known = ", ".join(sorted(settings.prompts)) or "none"
+    raise InvalidRequest(
+        f"Unknown input_type '{input_type}' for model '{settings.id}'; its prompts: {known}.",
+        param="input_type",
+    )
+
+
+async def prepare_inputs(
+    raw: EmbeddingInput,
+    model: LoadedModel,
+    limits: ServerSettings,
+    *,
+    truncate: bool,
+    input_type: str | None,
+) -> PreparedInputs:
+    """Validate, tokenise and check `raw` against the model's and the server's limits."""
+    items = split_input(raw)
+    if len(items) > limits.max_inputs_per_request:
+        raise LimitExceeded(
+            f"Too many inputs: {len(items)}; at most {limits.max_inputs_per_request} per request "
+            "(raise it with EMBER_MAX_INPUTS_PER_REQUEST).",
+            param="input",
+        )
+    if isinstance(items[0], str):
+        texts = _checked_texts(items, limits)  # type: ignore[arg-type]
+        prefix = prompt_for(model.settings, input_type)
+        if prefix:
+            texts = [prefix + text for text in texts]
+        sequences = await asyncio.to_thread(model.tokenizer.encode, texts)
+    else:
+        sequences = _checked_token_arrays(items, model)  # type: ignore[arg-type]
+    sequences = _within_context(sequences, model, truncate=truncate)
+    total = sum(len(sequence) for sequence in sequences)
+    if total > limits.max_tokens_per_request:
+        raise LimitExceeded(
+            f"Too many tokens in one request: {total}; at most {limits.max_tokens_per_request} "
+            "(raise it with EMBER_MAX_TOKENS_PER_REQUEST, or split the request).",
+            param="input",
+        )
+    return PreparedInputs(sequences, total)
+
+
+def _checked_texts(texts: list[str], limits: ServerSettings) -> list[str]:
+    for index, text in enumerate(texts):
+        if not text:
+            raise InvalidRequest(
+                f"Input {index} is an empty string; every input must contain text.", param="input"
+            )
+        if len(text) > limits.max_input_chars:
+            raise LimitExceeded(
+                f"Input {index} has {len(text)} characters; at most {limits.max_input_chars} are "
+                "accepted (raise it with EMBER_MAX_INPUT_CHARS).",
+                param="input",
+            )
+    return texts
+
+
+def _checked_token_arrays(arrays: list[list[int]], model: LoadedModel) -> list[TokenIds]:
+    vocab_size = model.tokenizer.vocab_size
+    sequences = []
+    for index, ids in enumerate(arrays):
+        if not ids:
+            raise InvalidRequest(f"Input {index} is an empty token array.", param="input")
+        bad = next((token for token in ids if not 0 <= token < vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"Input {index} has token id {bad}, outside the vocabulary of model "
+                f"'{model.settings.id}' (0 to {vocab_size - 1}).",
+                param="input",
+            )
+        sequences.append(model.tokenizer.wrap(ids))
+    return sequences
+
+
+def _within_context(
+    sequences: list[TokenIds], model: LoadedModel, *, truncate: bool
+) -> list[TokenIds]:
+    limit = model.settings.ctx_len
+    for index, sequence in enumerate(sequences):
+        if len(sequence) <= limit:
+            continue
+        if not truncate:
+            raise ContextLengthExceeded(index, len(sequence), limit)
+        sequences[index] = model.tokenizer.truncate_ids(sequence)
+    return sequences

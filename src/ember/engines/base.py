@@ -1,0 +1,56 @@
+"""The engine contract: embed a batch of token ids, say your limits, close."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+TokenIds = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token id sequences of one engine call, ragged; engines pad as they need."""
+
+    sequences: Sequence[TokenIds]
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def longest(self) -> int:
+        return max((len(sequence) for sequence in self.sequences), default=0)
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens the engine computes once the batch is padded to its longest sequence."""
+        return self.longest * len(self.sequences)
+
+    def padded(self, pad_id: int = 0) -> tuple[TokenIds, TokenIds]:
+        """Right-padded `(input_ids, attention_mask)`, both int64 [batch, longest]."""
+        input_ids = np.full((len(self.sequences), self.longest), pad_id, dtype=np.int64)
+        attention_mask = np.zeros_like(input_ids)
+        for row, sequence in enumerate(self.sequences):
+            input_ids[row, : len(sequence)] = sequence
+            attention_mask[row, : len(sequence)] = 1
+        return input_ids, attention_mask
+
+
+class Engine(Protocol):
+    """A loaded model that turns token ids into sentence vectors.
+
+    `embed` returns one float32 row per sequence, pooled and normalised as the model's
+    settings say. It is called from one worker thread at a time and may block.
+    """
+
+    @property
+    def dimensions(self) -> int: ...
+
+    def embed(self, batch: TokenBatch) -> Vectors: ...
+
+    def close(self) -> None: ...

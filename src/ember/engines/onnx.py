@@ -1,0 +1,110 @@
+"""ONNX Runtime engine: runs a model graph on CPU (or CUDA when asked and present)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ember.engines.base import TokenBatch, Vectors
+from ember.errors import ModelLoadFailed
+from ember.pooling import Pooling, normalize, pool
+
+log = logging.getLogger(__name__)
+
+POOLED_OUTPUT = "sentence_embedding"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity and cgroup pinning included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxEngine:
+    """Runs an ONNX graph whose output is either pooled vectors or token states.
+
+    Graphs Ember builds pool and normalise inside the graph (`sentence_embedding`); ONNX
+    files users bring may return token states or unnormalised vectors, which are finished
+    here as the model's settings say.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        pooling: Pooling,
+        normalize_output: bool,
+        output_name: str | None = None,
+        pad_id: int = 0,
+        gpu_layers: int = 0,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=_providers(gpu_layers)
+            )
+        except Exception as exc:  # ORT raises its own untyped errors for bad files
+            raise ModelLoadFailed(f"cannot load {model_path.name}: {_first_line(exc)}") from exc
+        self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
+        outputs = self._session.get_outputs()
+        names = [output.name for output in outputs]
+        if output_name is None:
+            output_name = POOLED_OUTPUT if POOLED_OUTPUT in names else names[0]
+        if output_name not in names:
+            raise ModelLoadFailed(f"{model_path.name} has no output {output_name!r} ({names})")
+        self._output_name = output_name
+        self._pooled_in_graph = output_name == POOLED_OUTPUT
+        self._pooling = pooling
+        self._normalize = normalize_output
+        self._pad_id = pad_id
+        shape = next(output.shape for output in outputs if output.name == output_name)
+        width = shape[-1]
+        self._dimensions = width if isinstance(width, int) else 0
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    def embed(self, batch: TokenBatch) -> Vectors:
+        input_ids, attention_mask = batch.padded(self._pad_id)
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        feeds = {name: value for name, value in feeds.items() if name in self._input_names}
+        (output,) = self._session.run([self._output_name], feeds)
+        vectors = np.asarray(output, dtype=np.float32)
+        if self._pooled_in_graph:
+            return vectors
+        if vectors.ndim == 3:
+            vectors = pool(vectors, attention_mask, self._pooling)
+        return normalize(vectors) if self._normalize else vectors
+
+    def close(self) -> None:
+        del self._session
+
+
+def _providers(gpu_layers: int) -> list[str]:
+    import onnxruntime as ort
+
+    if gpu_layers > 0:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.warning("ngl=%d asks for a GPU, but CUDA is not available: running on CPU", gpu_layers)
+    return ["CPUExecutionProvider"]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,141 @@
+"""Registers a Hugging Face / sentence-transformers folder: settings from its own files,
+and an ONNX graph built once from config.json and the safetensors weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ember.errors import InvalidModelSettings
+from ember.models.settings import ModelSettings, parse_settings, write_settings
+from ember.pooling import Pooling
+
+log = logging.getLogger(__name__)
+
+GRAPH_FILE = "model.onnx"
+GraphBuilder = Callable[..., Any]
+
+
+def is_hf_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def register_hf_folder(
+    folder: Path, model_id: str, overrides: Mapping[str, Any] | None = None
+) -> ModelSettings:
+    """Write `model.onnx` and `model.json` into `folder`, which holds the model's files."""
+    config = _read_json(folder / "config.json")
+    build = _builder_for(config, folder)
+    pooling, normalize = _pooling(folder)
+    raw: dict[str, Any] = {
+        "id": model_id,
+        "engine": "onnx",
+        "embedding": True,
+        "model_file": GRAPH_FILE,
+        "tokenizer_file": "tokenizer.json",
+        "ctx_len": _max_tokens(folder, config),
+        "pooling": pooling,
+        "normalize": normalize,
+        "dimensions": int(config["hidden_size"]),
+        **_prompts(folder),
+        **(overrides or {}),
+    }
+    settings = parse_settings(raw, model_id)
+    if not (folder / "tokenizer.json").is_file():
+        raise InvalidModelSettings(f"{model_id}: the folder has no tokenizer.json", model_id)
+    graph = build(config, _load_weights(folder), pooling=pooling, normalize=normalize)
+    _save_graph(graph, folder / GRAPH_FILE)
+    write_settings(folder, settings)
+    return settings
+
+
+def _builder_for(config: Mapping[str, Any], folder: Path) -> GraphBuilder:
+    model_type = str(config.get("model_type", "")).lower()
+    if model_type == "bert":
+        from ember.engines.onnx_graphs.bert import build_bert_graph
+
+        return build_bert_graph
+    raise InvalidModelSettings(
+        f"{folder.name}: architecture '{model_type or 'unknown'}' is not supported yet "
+        "(supported: bert)",
+        folder.name,
+    )
+
+
+def _pooling(folder: Path) -> tuple[Pooling, bool]:
+    """Pooling mode and normalisation as the sentence-transformers modules say (mean if none)."""
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        return "mean", True
+    modules = _read_json(modules_path)
+    pooling: Pooling = "mean"
+    normalize = False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            pooling = _pooling_mode(folder / str(module.get("path", "")) / "config.json")
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
+def _pooling_mode(config_path: Path) -> Pooling:
+    config = _read_json(config_path) if config_path.is_file() else {}
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    if config.get("pooling_mode_lasttoken"):
+        return "lasttoken"
+    return "mean"
+
+
+def _max_tokens(folder: Path, config: Mapping[str, Any]) -> int:
+    """sentence-transformers' max_seq_length, else the position table's size."""
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        limit = _read_json(st_config).get("max_seq_length")
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return int(config.get("max_position_embeddings", 512))
+
+
+def _prompts(folder: Path) -> dict[str, Any]:
+    path = folder / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}
+    config = _read_json(path)
+    prompts = {str(name): str(text) for name, text in (config.get("prompts") or {}).items()}
+    found: dict[str, Any] = {"prompts": prompts} if prompts else {}
+    default = config.get("default_prompt_name")
+    if default and default in prompts:
+        found["default_prompt"] = default
+    return found
+
+
+def _load_weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    weights: dict[str, np.ndarray] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(path)))
+    return weights
+
+
+def _save_graph(graph: Any, path: Path) -> None:
+    """Save next to the final name, then rename: a crash never leaves half a graph."""
+    import onnx
+
+    temp = path.with_name(f".{path.name}.tmp")
+    onnx.save_model(graph, str(temp))
+    temp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidModelSettings(f"cannot read {path.name}: {exc}", path.parent.name) from exc

@@ -1,0 +1,66 @@
+"""Turns a registered model folder into a loaded model: tokenizer plus engine."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ember.engines.base import Engine
+from ember.errors import ModelLoadFailed, RuntimeMissing
+from ember.models.settings import ModelSettings
+from ember.models.tokenizer import TextTokenizer
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to embed: its settings, tokenizer and running engine."""
+
+    settings: ModelSettings
+    tokenizer: TextTokenizer
+    engine: Engine
+    load_seconds: float
+
+
+def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False) -> LoadedModel:
+    """Load tokenizer and engine; blocking, so callers run it off the event loop.
+
+    `reloading` marks a second attempt after the instance could not embed: engines then
+    force embedding mode on.
+    """
+    started = time.perf_counter()
+    if settings.tokenizer_file is None:
+        raise ModelLoadFailed(f"{settings.id}: no tokenizer_file in model.json", settings.id)
+    tokenizer_path = folder / settings.tokenizer_file
+    if not tokenizer_path.is_file():
+        raise ModelLoadFailed(f"{settings.id}: tokenizer file is missing", settings.id)
+    tokenizer = TextTokenizer(tokenizer_path, settings.ctx_len)
+    engine = _start_engine(folder, settings, reloading=reloading)
+    return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started)
+
+
+def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> Engine:
+    if settings.engine == "fake":
+        from ember.engines.fake import FakeEngine
+
+        options = dict((settings.model_extra or {}).get("fake", {}))
+        mode = options.get("embedding_mode", "on")
+        options["embedding_mode"] = mode == "on" or (mode == "off_until_reload" and reloading)
+        return FakeEngine(settings.dimensions, options)
+    model_path = folder / settings.model_file
+    if not model_path.is_file():
+        raise ModelLoadFailed(f"{settings.id}: model file {settings.model_file} is missing")
+    if settings.engine == "onnx":
+        from ember.engines.onnx import OnnxEngine
+
+        return OnnxEngine(
+            model_path,
+            pooling=settings.pooling,
+            normalize_output=settings.normalize,
+            output_name=settings.onnx_output,
+            gpu_layers=settings.ngl,
+        )
+    raise RuntimeMissing(
+        f"{settings.id}: the {settings.engine} engine is not available in this install",
+        settings.id,
+    )

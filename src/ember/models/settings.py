@@ -1,0 +1,121 @@
+"""One model's settings file, `model.json`: what it is, how to run and pool it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ember.errors import InvalidModelSettings
+from ember.pooling import Pooling
+
+SETTINGS_FILE = "model.json"
+
+EngineName = Literal["onnx", "gguf", "fake"]
+
+
+class ModelSettings(BaseModel):
+    """Settings of one registered model; unknown keys are kept so users may annotate freely."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    id: str = Field(min_length=1, description="Model id clients send as `model`.")
+    engine: EngineName = Field(description="Runtime that executes the model.")
+    embedding: bool = Field(default=True, description="Whether the model serves embeddings.")
+    model_file: str = Field(
+        default="model.onnx", description="Weights file, relative to the folder."
+    )
+    onnx_output: str | None = Field(
+        default=None, description="ONNX output to read; default: sentence_embedding or the first."
+    )
+    tokenizer_file: str | None = Field(
+        default="tokenizer.json", description="HF tokenizer file; None when the engine tokenises."
+    )
+    ubatch_size: int = Field(
+        default=512, ge=1, description="Token budget of one engine call (padded tokens)."
+    )
+    ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
+    pooling: Pooling = Field(default="mean", description="How token states become one vector.")
+    normalize: bool = Field(default=True, description="L2-normalise the pooled vector.")
+    dimensions: int = Field(ge=1, description="Length of the vectors the model produces.")
+    matryoshka_dimensions: list[int] = Field(
+        default_factory=list,
+        description="Shorter lengths the model was trained for; empty refuses `dimensions`.",
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Named prefixes, e.g. query -> 'search_query: '."
+    )
+    default_prompt: str | None = Field(
+        default=None, description="Name of the prompt applied when the request names none."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other names for the model.")
+    ngl: int = Field(default=0, ge=0, description="Layers to offload to a GPU (0: CPU only).")
+    keep_alive: float | None = Field(
+        default=None, description="Seconds idle before unloading; None keeps it loaded."
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ModelSettings:
+        if self.default_prompt is not None and self.default_prompt not in self.prompts:
+            raise ValueError(f"default_prompt {self.default_prompt!r} is not among prompts")
+        too_long = [size for size in self.matryoshka_dimensions if size > self.dimensions]
+        if too_long:
+            raise ValueError(f"matryoshka_dimensions {too_long} exceed dimensions")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this model answers to."""
+        return (self.id, *self.aliases)
+
+
+def read_settings(folder: Path) -> ModelSettings:
+    """Read and validate `folder/model.json`, with a message that names the problem."""
+    path = folder / SETTINGS_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InvalidModelSettings(f"{folder.name}: no {SETTINGS_FILE}", folder.name) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidModelSettings(
+            f"{folder.name}: {SETTINGS_FILE} is not valid JSON ({exc})", folder.name
+        ) from exc
+    return parse_settings(raw, folder.name)
+
+
+def parse_settings(raw: Any, name: str) -> ModelSettings:
+    """Validate a settings mapping; `name` labels errors."""
+    try:
+        return ModelSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidModelSettings(f"{name}: invalid {SETTINGS_FILE}: {problems}", name) from exc
+
+
+def write_settings(folder: Path, settings: ModelSettings) -> None:
+    """Write `model.json` atomically so a crash never leaves a half-written file."""
+    write_json_atomically(folder / SETTINGS_FILE, settings.model_dump(mode="json"))
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    """Write JSON to a temp file beside `path`, fsync it, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, indent=2, ensure_ascii=False)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes it private; settings are not secret
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,69 @@
+"""The model's tokenizer, with truncation and padding set explicitly, never taken from the file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ember.engines.base import TokenIds
+from ember.errors import ModelLoadFailed
+
+
+class TextTokenizer:
+    """Encodes texts to the model's token ids, special tokens included.
+
+    Packaged tokenizer.json files carry their own truncation (all-MiniLM-L6-v2's cuts at 128
+    while the model takes 256), so both are reset here: counting never truncates, and
+    truncating, only when asked, cuts at the model's real limit.
+    """
+
+    def __init__(self, path: Path, max_tokens: int) -> None:
+        try:
+            self._counting = Tokenizer.from_file(str(path))
+            self._truncating = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the tokenizers library raises bare Exceptions
+            raise ModelLoadFailed(f"cannot read tokenizer {path.name}: {exc}") from exc
+        self.max_tokens = max_tokens
+        self._counting.no_truncation()
+        self._counting.no_padding()
+        self._truncating.enable_truncation(max_length=max_tokens)
+        self._truncating.no_padding()
+        empty = self._counting.encode("").ids
+        # What the post-processor wraps every text in, e.g. [CLS] … [SEP] for BERT.
+        self._prefix = empty[:1] if len(empty) >= 1 else []
+        self._suffix = empty[1:] if len(empty) >= 2 else []
+        self.vocab_size = self._counting.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: Sequence[str]) -> list[TokenIds]:
+        """Token ids of each text, untruncated, so callers can see and report overflows."""
+        return [_as_ids(encoding.ids) for encoding in self._counting.encode_batch(list(texts))]
+
+    def encode_truncated(self, texts: Sequence[str]) -> list[TokenIds]:
+        """Token ids cut to `max_tokens`, special tokens kept, as sentence-transformers does."""
+        return [_as_ids(encoding.ids) for encoding in self._truncating.encode_batch(list(texts))]
+
+    def wrap(self, ids: Sequence[int]) -> TokenIds:
+        """Add the model's special tokens to raw ids unless they are already there."""
+        ids = list(ids)
+        starts = ids[: len(self._prefix)] == self._prefix
+        ends = not self._suffix or ids[-len(self._suffix) :] == self._suffix
+        if starts and ends and len(ids) >= len(self._prefix) + len(self._suffix):
+            return _as_ids(ids)
+        return _as_ids([*self._prefix, *ids, *self._suffix])
+
+    def truncate_ids(self, ids: TokenIds) -> TokenIds:
+        """Cut wrapped ids to `max_tokens`, keeping the closing special tokens."""
+        if len(ids) <= self.max_tokens:
+            return ids
+        keep = self.max_tokens - len(self._suffix)
+        return np.concatenate([ids[:keep], ids[len(ids) - len(self._suffix) :]])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._counting.decode(list(ids), skip_special_tokens=True)
+
+
+def _as_ids(ids: Sequence[int]) -> TokenIds:
+    return np.asarray(ids, dtype=np.int64)

@@ -1,0 +1,39 @@
+"""Pooling and normalisation in numpy, for engines that return token states."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Pooling = Literal["mean", "cls", "lasttoken"]
+Vectors = npt.NDArray[np.float32]
+
+
+def pool(
+    token_states: npt.NDArray[np.float32],
+    attention_mask: npt.NDArray[np.int64],
+    pooling: Pooling,
+) -> Vectors:
+    """Pool [batch, seq, hidden] states to [batch, hidden] as sentence-transformers does."""
+    if pooling == "cls":
+        return np.ascontiguousarray(token_states[:, 0, :], dtype=np.float32)
+    if pooling == "lasttoken":
+        last = attention_mask.sum(axis=1) - 1
+        return np.ascontiguousarray(token_states[np.arange(len(last)), last, :], dtype=np.float32)
+    weights = attention_mask[:, :, None].astype(np.float32)
+    summed = (token_states * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    return (summed / counts).astype(np.float32)
+
+
+def normalize(vectors: Vectors) -> Vectors:
+    """L2-normalise rows, leaving all-zero rows as they are (sentence-transformers' epsilon)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def shorten(vectors: Vectors, dimensions: int) -> Vectors:
+    """Matryoshka truncation: keep the first `dimensions` values, then re-normalise."""
+    return normalize(np.ascontiguousarray(vectors[:, :dimensions]))

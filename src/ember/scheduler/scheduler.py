@@ -1,0 +1,46 @@
+"""One worker per model, created on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ember.engines.base import TokenIds, Vectors
+from ember.scheduler.worker import BatchObserver, EngineSource, ModelWorker
+
+
+class Scheduler:
+    """Routes each model's work to that model's worker."""
+
+    def __init__(self, *, max_queued_items: int, observe_batch: BatchObserver | None = None):
+        self._max_queued_items = max_queued_items
+        self._observe_batch = observe_batch
+        self._workers: dict[str, ModelWorker] = {}
+
+    async def embed(
+        self,
+        model_id: str,
+        sequences: Sequence[TokenIds],
+        *,
+        engine_source: EngineSource,
+        token_budget: int,
+    ) -> Vectors:
+        """Vectors for `sequences` computed by `model_id`'s engine, batched with other work."""
+        worker = self._workers.get(model_id)
+        if worker is None:
+            worker = ModelWorker(
+                model_id,
+                engine_source,
+                token_budget=token_budget,
+                max_queued_items=self._max_queued_items,
+                observe_batch=self._observe_batch,
+            )
+            self._workers[model_id] = worker
+        return await worker.embed(sequences)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {model_id: worker.queued_items for model_id, worker in self._workers.items()}
+
+    async def close(self) -> None:
+        for worker in self._workers.values():
+            await worker.close()
+        self._workers.clear()

@@ -1,0 +1,71 @@
+"""Server settings, read once at start-up from flags, environment (EMBER_*) and defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 1337
+
+
+def default_home() -> Path:
+    return Path.home() / ".ember"
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server process needs to know; passed down, never re-read."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBER_", frozen=True, extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="Port to bind.")
+    api_key: str | None = Field(
+        default=None, description="Bearer key required on every route but /health."
+    )
+    home: Path = Field(default_factory=default_home, description="Ember's data folder.")
+    models_dir: Path | None = Field(
+        default=None, description="Folder of model folders; default HOME/models."
+    )
+    offline: bool = Field(default=False, description="Never fetch models from the index.")
+    max_inputs_per_request: int = Field(default=2048, ge=1, description="Inputs per request.")
+    max_tokens_per_request: int = Field(
+        default=300_000, ge=1, description="Tokens per request, all inputs together."
+    )
+    max_input_chars: int = Field(
+        default=1_000_000, ge=1, description="Characters per input, checked before tokenising."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Request body size limit in bytes."
+    )
+    max_queued_inputs: int = Field(
+        default=100_000, ge=1, description="Inputs waiting per model before 429."
+    )
+    request_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds before a request is abandoned with 503."
+    )
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.home / "models"
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerSettings:
+    """Settings from `environ` (default: the process environment) with `overrides` on top.
+
+    Passing `environ` lets tests inject an environment without touching os.environ.
+    """
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if environ is None:
+        return ServerSettings(**given)
+    from_env = {
+        key.removeprefix("EMBER_").lower(): value
+        for key, value in environ.items()
+        if key.startswith("EMBER_")
+    }
+    return ServerSettings.model_validate({**from_env, **given})
