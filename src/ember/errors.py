@@ -49,7 +49,7 @@ class ContextLengthExceeded(InvalidRequest):
     def __init__(self, index: int, tokens: int, limit: int) -> None:
         super().__init__(
             f"Input exceeds maximum token limit: input {index} has {tokens} tokens, "
-            f"the model accepts at most {limit}. Shorten it, or send \"truncate\": true "
+            f'the model accepts at most {limit}. Shorten it, or send "truncate": true '
             "to cut it to the limit.",
             param="input",
         )

@@ -18,20 +18,26 @@ def pool(
 ) -> Vectors:
     """Pool [batch, seq, hidden] states to [batch, hidden] as sentence-transformers does."""
     if pooling == "cls":
-        return np.ascontiguousarray(token_states[:, 0, :], dtype=np.float32)
+        first: Vectors = np.ascontiguousarray(token_states[:, 0, :], dtype=np.float32)
+        return first
     if pooling == "lasttoken":
         last = attention_mask.sum(axis=1) - 1
-        return np.ascontiguousarray(token_states[np.arange(len(last)), last, :], dtype=np.float32)
+        final: Vectors = np.ascontiguousarray(
+            token_states[np.arange(len(last)), last, :], dtype=np.float32
+        )
+        return final
     weights = attention_mask[:, :, None].astype(np.float32)
     summed = (token_states * weights).sum(axis=1)
     counts = np.clip(weights.sum(axis=1), 1e-9, None)
-    return (summed / counts).astype(np.float32)
+    mean: Vectors = (summed / counts).astype(np.float32)
+    return mean
 
 
 def normalize(vectors: Vectors) -> Vectors:
     """L2-normalise rows, leaving all-zero rows as they are (sentence-transformers' epsilon)."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 def shorten(vectors: Vectors, dimensions: int) -> Vectors:

@@ -26,7 +26,9 @@ class ErrorKind:
 
 # Looked up along the exception's class hierarchy, most specific first.
 ERROR_TABLE: dict[type[errors.EmberError], ErrorKind] = {
-    errors.ContextLengthExceeded: ErrorKind(400, "invalid_request_error", "context_length_exceeded"),
+    errors.ContextLengthExceeded: ErrorKind(
+        400, "invalid_request_error", "context_length_exceeded"
+    ),
     errors.PayloadTooLarge: ErrorKind(413, "invalid_request_error", "request_too_large"),
     errors.LimitExceeded: ErrorKind(400, "invalid_request_error", "limit_exceeded"),
     errors.DimensionsNotSupported: ErrorKind(
@@ -52,7 +54,7 @@ ERROR_TABLE: dict[type[errors.EmberError], ErrorKind] = {
 def kind_of(error: errors.EmberError) -> ErrorKind:
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return ERROR_TABLE[errors.EmberError]
 
 

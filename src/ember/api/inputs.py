@@ -34,8 +34,8 @@ def split_input(raw: EmbeddingInput) -> list[str] | list[list[int]]:
     if not raw:
         raise InvalidRequest("'input' must not be an empty array.", param="input")
     if isinstance(raw[0], int):
-        return [raw]  # type: ignore[list-item]
-    return raw  # type: ignore[return-value]
+        return [raw]
+    return raw
 
 
 def prompt_for(settings: ModelSettings, input_type: str | None) -> str:
@@ -73,13 +73,13 @@ async def prepare_inputs(
             param="input",
         )
     if isinstance(items[0], str):
-        texts = _checked_texts(items, limits)  # type: ignore[arg-type]
+        texts = _checked_texts(items, limits)
         prefix = prompt_for(model.settings, input_type)
         if prefix:
             texts = [prefix + text for text in texts]
         sequences = await asyncio.to_thread(model.tokenizer.encode, texts)
     else:
-        sequences = _checked_token_arrays(items, model)  # type: ignore[arg-type]
+        sequences = _checked_token_arrays(items, model)
     sequences = _within_context(sequences, model, truncate=truncate)
     total = sum(len(sequence) for sequence in sequences)
     if total > limits.max_tokens_per_request:

@@ -11,7 +11,7 @@ EmbeddingInput = StrictStr | list[StrictStr] | TokenArray | list[TokenArray]
 
 
 class EmbeddingRequest(BaseModel):
-    """POST /v1/embeddings body; unknown fields are accepted and ignored, as OpenAI clients add some."""
+    """POST /v1/embeddings body; unknown fields are ignored, as OpenAI clients add some."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -69,7 +69,9 @@ async def create_embeddings(request: Request) -> Response:
     model = await state.registry.acquire(body.model)
     settings = model.settings
     if body.dimensions is not None:
-        _check_dimensions(body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id)
+        _check_dimensions(
+            body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id
+        )
     prepared = await prepare_inputs(
         body.input, model, state.settings, truncate=body.truncate, input_type=body.input_type
     )
@@ -78,17 +80,22 @@ async def create_embeddings(request: Request) -> Response:
         return (await state.registry.acquire(settings.id, reload=reload)).engine
 
     embedding = state.scheduler.embed(
-        settings.id, prepared.sequences, engine_source=engine_source, token_budget=settings.ubatch_size
+        settings.id,
+        prepared.sequences,
+        engine_source=engine_source,
+        token_budget=settings.ubatch_size,
     )
     vectors = await _until_done_or_gone(request, embedding, state.settings.request_timeout)
     if vectors is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
         vectors = shorten(vectors, body.dimensions)
-    content = await asyncio.to_thread(
-        embeddings_body, vectors, body.model, prepared.prompt_tokens, body.encoding_format
-    ) if len(vectors) > 64 else embeddings_body(
-        vectors, body.model, prepared.prompt_tokens, body.encoding_format
+    content = (
+        await asyncio.to_thread(
+            embeddings_body, vectors, body.model, prepared.prompt_tokens, body.encoding_format
+        )
+        if len(vectors) > 64
+        else embeddings_body(vectors, body.model, prepared.prompt_tokens, body.encoding_format)
     )
     return Response(content, media_type="application/json")
 
@@ -160,7 +167,9 @@ async def _until_done_or_gone(request: Request, embedding: Any, timeout: float) 
     work = asyncio.ensure_future(embedding)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         gone.cancel()
     if work in done:
@@ -184,11 +193,25 @@ def _card(entry: RegisteredModel) -> ModelCard:
     created = int(entry.folder.stat().st_mtime) if entry.folder.exists() else 0
     if settings is None:
         return ModelCard(
-            id=entry.model_id, created=created, owned_by="ember", embedding=False, engine="",
-            dimensions=0, max_tokens=0, pooling="", normalize=False, matryoshka_dimensions=[],
-            prompts={}, aliases=[], loaded=False, status="error", error=entry.problem,
+            id=entry.model_id,
+            created=created,
+            owned_by="ember",
+            embedding=False,
+            engine="",
+            dimensions=0,
+            max_tokens=0,
+            pooling="",
+            normalize=False,
+            matryoshka_dimensions=[],
+            prompts={},
+            aliases=[],
+            loaded=False,
+            status="error",
+            error=entry.problem,
         )
-    status = "error" if entry.problem else ("loaded" if entry.loaded else "ready")
+    status: Literal["ready", "loaded", "error"] = (
+        "error" if entry.problem else ("loaded" if entry.loaded else "ready")
+    )
     return ModelCard(
         id=settings.id,
         created=created,

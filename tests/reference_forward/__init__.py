@@ -1,0 +1,1 @@
+"""Independent numpy forward passes that graph builders are checked against."""

