@@ -48,6 +48,10 @@ class ServerSettings(BaseSettings):
         default=600.0, gt=0, description="Seconds before a request is abandoned with 503."
     )
 
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.home / "models"

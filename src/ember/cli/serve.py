@@ -31,17 +31,9 @@ def serve(log_level: str, **flags: object) -> None:
     settings = settings_from(**flags)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     _ensure_a_model(settings)
-    import uvicorn
+    from ember.api.server import run_server
 
-    from ember.api.app import create_app
-
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        access_log=False,
-    )
+    run_server(settings, log_level=log_level)
 
 
 def _ensure_a_model(settings: ServerSettings) -> None:

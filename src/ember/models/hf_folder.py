@@ -3,6 +3,7 @@ and an ONNX graph built once from config.json and the safetensors weights."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -54,17 +55,26 @@ def register_hf_folder(
     return settings
 
 
+# config.json `model_type` -> "module:function" building its graph; imported only when used.
+ARCHITECTURES: dict[str, str] = {
+    "bert": "ember.engines.onnx_graphs.bert:build_bert_graph",
+    "mpnet": "ember.engines.onnx_graphs.mpnet:build_mpnet_graph",
+    "nomic_bert": "ember.engines.onnx_graphs.nomic_bert:build_nomic_bert_graph",
+}
+
+
 def _builder_for(config: Mapping[str, Any], folder: Path) -> GraphBuilder:
     model_type = str(config.get("model_type", "")).lower()
-    if model_type == "bert":
-        from ember.engines.onnx_graphs.bert import build_bert_graph
-
-        return build_bert_graph
-    raise InvalidModelSettings(
-        f"{folder.name}: architecture '{model_type or 'unknown'}' is not supported yet "
-        "(supported: bert)",
-        folder.name,
-    )
+    target = ARCHITECTURES.get(model_type)
+    if target is None:
+        raise InvalidModelSettings(
+            f"{folder.name}: architecture '{model_type or 'unknown'}' is not supported "
+            f"(supported: {', '.join(sorted(ARCHITECTURES))})",
+            folder.name,
+        )
+    module_name, function_name = target.split(":")
+    builder: GraphBuilder = getattr(importlib.import_module(module_name), function_name)
+    return builder
 
 
 def _pooling(folder: Path) -> tuple[Pooling, bool]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.engines.base import Engine
-from ember.errors import ModelLoadFailed, RuntimeMissing
+from ember.errors import ModelLoadFailed
 from ember.models.settings import ModelSettings
-from ember.models.tokenizer import TextTokenizer
+from ember.models.tokenizer import ModelTokenizer, TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class LoadedModel:
     """A model ready to embed: its settings, tokenizer and running engine."""
 
     settings: ModelSettings
-    tokenizer: TextTokenizer
+    tokenizer: ModelTokenizer
     engine: Engine
     load_seconds: float
 
@@ -29,6 +29,9 @@ def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False
     force embedding mode on.
     """
     started = time.perf_counter()
+    if settings.engine == "gguf":
+        tokenizer, engine = _start_gguf(folder, settings)
+        return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started)
     if settings.tokenizer_file is None:
         raise ModelLoadFailed(f"{settings.id}: no tokenizer_file in model.json", settings.id)
     tokenizer_path = folder / settings.tokenizer_file
@@ -60,7 +63,20 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
             output_name=settings.onnx_output,
             gpu_layers=settings.ngl,
         )
-    raise RuntimeMissing(
-        f"{settings.id}: the {settings.engine} engine is not available in this install",
-        settings.id,
+    raise ModelLoadFailed(f"{settings.id}: unknown engine {settings.engine}", settings.id)
+
+
+def _start_gguf(folder: Path, settings: ModelSettings) -> tuple[ModelTokenizer, Engine]:
+    """GGUF models run on llama.cpp (an optional extra), which also tokenises."""
+    from ember.engines.gguf import load_gguf
+
+    model_path = folder / settings.model_file
+    if not model_path.is_file():
+        raise ModelLoadFailed(f"{settings.id}: model file {settings.model_file} is missing")
+    return load_gguf(
+        model_path,
+        max_tokens=settings.ctx_len,
+        pooling=settings.pooling,
+        normalize_output=settings.normalize,
+        gpu_layers=settings.ngl,
     )

@@ -1,0 +1,53 @@
+"""Runs the app under uvicorn with a graceful, zero-exit shutdown on SIGTERM and SIGINT."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from types import FrameType
+
+import uvicorn
+
+from ember.api.app import create_app
+from ember.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class GracefulServer(uvicorn.Server):
+    """Stops accepting, lets in-flight requests finish (bounded), then returns normally.
+
+    uvicorn re-raises the signal after its shutdown, so a supervisor would see a death by
+    SIGTERM; a service asked to stop that stopped cleanly should exit 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self._ask_to_exit)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _ask_to_exit(self, signum: int, _frame: FrameType | None) -> None:
+        if self.should_exit:  # a second signal: stop waiting for in-flight requests
+            self.force_exit = True
+        log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+        self.should_exit = True
+
+
+def run_server(settings: ServerSettings, *, log_level: str = "info") -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+    GracefulServer(config).run()

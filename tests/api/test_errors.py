@@ -1,0 +1,96 @@
+"""Every refusal of the contract: status, and an OpenAI error body with the right fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def assert_error(response: httpx.Response, status: int, **expected: Any) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    for key, value in expected.items():
+        assert error[key] == value, (key, error)
+    return error
+
+
+def test_unknown_model_lists_the_available_ones(http: httpx.Client) -> None:
+    response = http.post("/v1/embeddings", json={"model": "nomic-embed-text", "input": "x"})
+    error = assert_error(response, 404, code="model_not_found", type="invalid_request_error")
+    assert "nomic-embed-text" in error["message"]
+    assert MODEL in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"model": MODEL, "input": ""}, "input"),
+        ({"model": MODEL, "input": []}, "input"),
+        ({"model": MODEL, "input": ["ok", ""]}, "input"),
+        ({"model": MODEL, "input": [[]]}, "input"),
+        ({"model": MODEL, "input": 42}, "input"),
+        ({"model": MODEL, "input": [1, "a"]}, "input"),
+        ({"model": MODEL, "input": [1.5]}, "input"),
+        ({"model": MODEL, "input": [True]}, "input"),
+        ({"model": MODEL, "input": {"text": "x"}}, "input"),
+        ({"model": MODEL, "input": None}, "input"),
+        ({"model": MODEL}, "input"),
+        ({"input": "x"}, "model"),
+        ({"model": 7, "input": "x"}, "model"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int8"}, "encoding_format"),
+        ({"model": MODEL, "input": "x", "dimensions": 0}, "dimensions"),
+        ({"model": MODEL, "input": "x", "dimensions": "64"}, "dimensions"),
+        ({"model": MODEL, "input": "x", "dimensions": 128}, "dimensions"),
+        ({"model": MODEL, "input": [-1]}, "input"),
+        ({"model": MODEL, "input": [10**9]}, "input"),
+        ({"model": MODEL, "input": "x", "input_type": "poem"}, "input_type"),
+    ],
+)
+def test_bad_requests_get_400_with_param(
+    http: httpx.Client, payload: dict[str, Any], param: str
+) -> None:
+    response = http.post("/v1/embeddings", json=payload)
+    assert_error(response, 400, param=param, type="invalid_request_error")
+
+
+def test_dimensions_equal_to_native_size_is_accepted(http: httpx.Client) -> None:
+    response = http.post("/v1/embeddings", json={"model": MODEL, "input": "x", "dimensions": 384})
+    assert response.status_code == 200
+    assert len(response.json()["data"][0]["embedding"]) == 384
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b"not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe"], ids=repr
+)
+def test_malformed_json_gets_400(http: httpx.Client, body: bytes) -> None:
+    response = http.post(
+        "/v1/embeddings", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400, type="invalid_request_error")
+
+
+def test_body_over_the_limit_gets_413(http: httpx.Client) -> None:
+    huge = {"model": MODEL, "input": "word " * 5_000_000}
+    response = http.post("/v1/embeddings", json=huge)
+    assert_error(response, 413, code="request_too_large")
+
+
+def test_unknown_route_and_method_are_openai_errors(http: httpx.Client) -> None:
+    assert_error(http.get("/v1/nothing"), 404, type="invalid_request_error")
+    assert_error(http.get("/v1/embeddings"), 405, type="invalid_request_error")
+
+
+def test_unknown_fields_are_ignored(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/embeddings", json={"model": MODEL, "input": "x", "user": "u-1", "extra": {"a": 1}}
+    )
+    assert response.status_code == 200

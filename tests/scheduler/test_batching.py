@@ -1,0 +1,89 @@
+"""Batch formation: token budget, similar lengths together, no request starved."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from ember.scheduler.batching import EmbeddingJob, PendingPool
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+def make_job(loop: asyncio.AbstractEventLoop, *lengths: int) -> EmbeddingJob:
+    sequences = [np.arange(length, dtype=np.int64) for length in lengths]
+    return EmbeddingJob(sequences, loop.create_future())
+
+
+def drain(pool: PendingPool) -> list[list[tuple[EmbeddingJob, int, int]]]:
+    batches = []
+    while batch := pool.next_batch():
+        batches.append([(item.job, item.index, item.length) for item in batch])
+    return batches
+
+
+def test_every_batch_fits_the_padded_token_budget(loop: asyncio.AbstractEventLoop) -> None:
+    rng = np.random.default_rng(0)
+    pool = PendingPool(token_budget=512)
+    jobs = [make_job(loop, *rng.integers(5, 250, size=20)) for _ in range(5)]
+    for job in jobs:
+        pool.add(job)
+    batches = drain(pool)
+    for batch in batches:
+        assert max(length for _, _, length in batch) * len(batch) <= 512
+    seen = sorted((id(job), index) for batch in batches for job, index, _ in batch)
+    assert seen == sorted((id(job), index) for job in jobs for index in range(20))
+
+
+def test_sorting_by_length_keeps_padding_low(loop: asyncio.AbstractEventLoop) -> None:
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(5, 250, size=400)
+    pool = PendingPool(token_budget=2048, window_batches=16)
+    pool.add(make_job(loop, *lengths))
+    batches = drain(pool)
+    padded = sum(max(length for *_, length in batch) * len(batch) for batch in batches)
+    assert padded / lengths.sum() < 1.15
+
+
+def test_a_single_sequence_over_the_budget_still_runs_alone(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    pool = PendingPool(token_budget=100)
+    pool.add(make_job(loop, 300, 10))
+    batches = drain(pool)
+    assert sorted(len(batch) for batch in batches) == [1, 1]
+
+
+def test_a_small_request_is_not_starved_by_a_large_one(loop: asyncio.AbstractEventLoop) -> None:
+    pool = PendingPool(token_budget=64, window_batches=2)
+    large = make_job(loop, *([16] * 1000))
+    pool.add(large)
+    pool.next_batch()
+    small = make_job(loop, 16)
+    pool.add(small)
+    waited = 0
+    while not any(item.job is small for item in pool.next_batch()):
+        waited += 1
+        assert waited < 4, "the small request waited behind the large one"
+
+
+def test_cancelled_jobs_are_dropped_before_they_cost_compute(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    pool = PendingPool(token_budget=64)
+    gone = make_job(loop, *([8] * 50))
+    kept = make_job(loop, 8, 8)
+    pool.add(gone)
+    pool.add(kept)
+    gone.future.cancel()
+    batches = drain(pool)
+    assert all(job is kept for batch in batches for job, _, _ in batch)
+    assert sum(len(batch) for batch in batches) == 2
