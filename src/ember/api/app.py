@@ -6,9 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
 from ember.api.errors import install_error_handlers
+from ember.api.hosts import TrustedHostMiddleware, allowed_hosts
+from ember.api.metrics import Metrics
+from ember.api.observe import ObserveMiddleware
 from ember.api.protocol import EmbeddingRequest
 from ember.api.routes import protected, public
 from ember.api.state import AppState
@@ -19,8 +23,12 @@ from ember.settings import ServerSettings
 
 def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) -> FastAPI:
     """A ready app; state lives on `app.state`, so several apps can share one process."""
+    metrics = Metrics()
     registry = registry or ModelRegistry(settings.resolved_models_dir)
-    scheduler = Scheduler(max_queued_items=settings.max_queued_inputs)
+    registry.on_load = metrics.observe_load
+    scheduler = Scheduler(
+        max_queued_items=settings.max_queued_inputs, observe_batch=metrics.observe_batch
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -35,11 +43,23 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.ember = AppState(settings, registry, scheduler)
+    app.state.ember = AppState(settings, registry, scheduler, metrics)
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)
     _register_request_schema(app)
+    # Added innermost first: CORS, then trusted hosts, then observation around everything.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
+        )
+    hosts = allowed_hosts(settings.host, settings.allowed_hosts)
+    if hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, hosts=hosts)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
 
 

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.api.auth import require_api_key
 from ember.api.encoding import embeddings_body
@@ -85,9 +86,16 @@ async def create_embeddings(request: Request) -> Response:
         engine_source=engine_source,
         token_budget=settings.ubatch_size,
     )
+    request.state.access = {
+        "model": settings.id,
+        "inputs": len(prepared.sequences),
+        "tokens": prepared.prompt_tokens,
+    }
     vectors = await _until_done_or_gone(request, embedding, state.settings.request_timeout)
     if vectors is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
+    state.metrics.inputs.labels(model=settings.id).inc(len(prepared.sequences))
+    state.metrics.tokens.labels(model=settings.id).inc(prepared.prompt_tokens)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
         vectors = shorten(vectors, body.dimensions)
     content = (
@@ -98,6 +106,15 @@ async def create_embeddings(request: Request) -> Response:
         else embeddings_body(vectors, body.model, prepared.prompt_tokens, body.encoding_format)
     )
     return Response(content, media_type="application/json")
+
+
+@protected.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics."""
+    state = app_state(request)
+    return PlainTextResponse(
+        state.metrics.render(state.scheduler.queue_depths()), media_type=CONTENT_TYPE_LATEST
+    )
 
 
 @protected.get("/v1/models", response_model=ModelList)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from ember.api.metrics import Metrics
 from ember.models.registry import ModelRegistry
 from ember.scheduler import Scheduler
 from ember.settings import ServerSettings
@@ -16,6 +17,7 @@ class AppState:
     settings: ServerSettings
     registry: ModelRegistry
     scheduler: Scheduler
+    metrics: Metrics
 
 
 def app_state(request: Request) -> AppState:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ember.api.hosts import is_loopback
 from ember.cli.options import home_options, settings_from
 from ember.errors import EmberError
 from ember.models.catalog import DEFAULT_MODEL_ID
@@ -24,12 +25,28 @@ from ember.settings import ServerSettings
     default=None,
     help="Never fetch models from the package index [env EMBER_OFFLINE].",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Allow binding beyond loopback without an API key [env EMBER_INSECURE].",
+)
 @click.option("--log-level", default="info", show_default=True, help="Logging level.")
 @home_options
 def serve(log_level: str, **flags: object) -> None:
     """Serve the OpenAI-compatible embeddings API."""
     settings = settings_from(**flags)
+    if not is_loopback(settings.host) and not settings.api_key and not settings.insecure:
+        raise click.UsageError(
+            f"Refusing to serve on {settings.host} without an API key: anyone who can reach "
+            "this machine could use it. Set --api-key (or EMBER_API_KEY), or pass --insecure "
+            "if the network is trusted."
+        )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    key_note = "required" if settings.api_key else "not required"
+    logging.getLogger("ember").info(
+        "serving on http://%s:%d, API key %s", settings.host, settings.port, key_note
+    )
     _ensure_a_model(settings)
     from ember.api.server import run_server
 

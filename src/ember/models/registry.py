@@ -38,6 +38,7 @@ class ModelRegistry:
     def __init__(self, models_dir: Path, loader: Loader | None = None) -> None:
         self.models_dir = models_dir
         self._loader: Loader = loader or _default_loader
+        self.on_load: Callable[[str, float], None] | None = None
         self._models: dict[str, RegisteredModel] = {}
         self._names: dict[str, str] = {}
         self.rescan()
@@ -108,6 +109,8 @@ class ModelRegistry:
                 raise
             entry.problem = None
             log.info("loaded %s in %.2f s", settings.id, entry.loaded.load_seconds)
+            if self.on_load is not None:
+                self.on_load(settings.id, entry.loaded.load_seconds)
             return entry.loaded
 
     def unload(self, name: str) -> bool:

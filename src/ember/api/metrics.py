@@ -1,0 +1,74 @@
+"""Prometheus metrics of one app, on its own registry (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_SEQUENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class Metrics:
+    """The server's counters, histograms and gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ember_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ember_request_duration_seconds",
+            "Request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inputs = Counter(
+            "ember_inputs", "Inputs embedded, by model.", ["model"], registry=self.registry
+        )
+        self.tokens = Counter(
+            "ember_tokens", "Tokens embedded, by model.", ["model"], registry=self.registry
+        )
+        self.batch_sequences = Histogram(
+            "ember_batch_sequences",
+            "Sequences per engine batch.",
+            buckets=BATCH_SEQUENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_tokens = Histogram(
+            "ember_batch_padded_tokens",
+            "Padded tokens per engine batch.",
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "ember_queue_depth", "Inputs waiting, by model.", ["model"], registry=self.registry
+        )
+        self.model_load_seconds = Gauge(
+            "ember_model_load_seconds",
+            "Time the last load of a model took.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "ember_cache_lookups",
+            "Embedding cache lookups by result.",
+            ["result"],
+            registry=self.registry,
+        )
+
+    def observe_batch(self, sequences: int, padded_tokens: int) -> None:
+        self.batch_sequences.observe(sequences)
+        self.batch_tokens.observe(padded_tokens)
+
+    def observe_load(self, model_id: str, seconds: float) -> None:
+        self.model_load_seconds.labels(model=model_id).set(seconds)
+
+    def render(self, queue_depths: dict[str, int]) -> bytes:
+        for model_id, depth in queue_depths.items():
+            self.queue_depth.labels(model=model_id).set(depth)
+        return generate_latest(self.registry)

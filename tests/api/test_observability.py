@@ -1,0 +1,77 @@
+"""Metrics in Prometheus format, one access-log line per request, the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ember.settings import ServerSettings
+from tests.support.models import write_fake_model
+from tests.support.server import RunningServer, serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    models_dir = tmp_path_factory.mktemp("models")
+    write_fake_model(models_dir, "tiny")
+    settings = ServerSettings(home=models_dir.parent, models_dir=models_dir, api_key="k")
+    with serve_in_thread(settings) as running:
+        yield running
+
+
+def test_metrics_count_requests_tokens_batches_and_loads(server: RunningServer) -> None:
+    headers = {"Authorization": "Bearer k"}
+    for _ in range(3):
+        httpx.post(
+            f"{server.base_url}/v1/embeddings",
+            json={"model": "tiny", "input": ["hello world", "python"]},
+            headers=headers,
+        )
+    response = httpx.get(f"{server.base_url}/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'ember_requests_total{route="/v1/embeddings",status="200"} 3.0' in text
+    assert 'ember_tokens_total{model="tiny"} 21.0' in text  # 3 x (4 + 3)
+    assert 'ember_inputs_total{model="tiny"} 6.0' in text
+    assert "ember_batch_sequences_count" in text
+    assert 'ember_model_load_seconds{model="tiny"}' in text
+    assert 'ember_queue_depth{model="tiny"} 0.0' in text
+    assert "ember_request_duration_seconds_bucket" in text
+    assert httpx.get(f"{server.base_url}/metrics").status_code == 401
+
+
+def test_one_access_log_line_per_request(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="ember.access"):
+        httpx.post(
+            f"{server.base_url}/v1/embeddings",
+            json={"model": "tiny", "input": "hello"},
+            headers={"Authorization": "Bearer k"},
+        )
+    lines = [
+        json.loads(record.getMessage())
+        for record in caplog.records
+        if record.name == "ember.access"
+    ]
+    assert len(lines) == 1
+    (line,) = lines
+    assert line["status"] == 200
+    assert line["model"] == "tiny"
+    assert line["inputs"] == 1
+    assert line["tokens"] == 3
+    assert line["latency_ms"] > 0
+    assert "k" not in {value for value in line.values() if isinstance(value, str)}
+
+
+def test_openapi_document_describes_the_embeddings_request(server: RunningServer) -> None:
+    schema = httpx.get(f"{server.base_url}/openapi.json").json()
+    assert "/v1/embeddings" in schema["paths"]
+    request_schema = schema["components"]["schemas"]["EmbeddingRequest"]
+    assert {"input", "model"} <= set(request_schema["required"])
+    assert httpx.get(f"{server.base_url}/docs").status_code == 200
