@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -58,6 +58,11 @@ class ServerSettings(BaseSettings):
     )
     insecure: bool = Field(
         default=False, description="Allow binding beyond loopback without an API key."
+    )
+    token_ids: Literal["auto", "model", "cl100k"] = Field(
+        default="auto",
+        description="Vocabulary of token-id inputs: the model's, OpenAI's cl100k_base (decoded "
+        "and re-tokenised), or auto-detected.",
     )
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."

@@ -11,6 +11,9 @@ import numpy.typing as npt
 import openai
 import pytest
 
+from ember.settings import ServerSettings
+from tests.support.server import serve_in_thread
+
 MODEL = "all-MiniLM-L6-v2"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference" / f"{MODEL}.npz")
@@ -74,15 +77,39 @@ def test_over_long_input_is_refused_with_index_and_counts(http: httpx.Client) ->
     assert "256" in error["message"]
 
 
-def test_token_id_inputs_give_the_same_vectors_as_text(http: httpx.Client) -> None:
-    ids = [7592, 2088]  # "hello world" in the model's own vocabulary
-    by_text = http.post("/v1/embeddings", json={"model": MODEL, "input": "Hello world"}).json()
-    by_ids = http.post("/v1/embeddings", json={"model": MODEL, "input": ids}).json()
-    with_specials = http.post(
-        "/v1/embeddings", json={"model": MODEL, "input": [[101, *ids, 102], ids]}
+def test_model_token_ids_give_the_same_vectors_as_text(http: httpx.Client) -> None:
+    sentence = "The quick brown fox jumps over the lazy dog"
+    ids = [1996, 4248, 2829, 4419, 14523, 2058, 1996, 13971, 3899]  # the model's own ids
+    expected = http.post("/v1/embeddings", json={"model": MODEL, "input": sentence}).json()
+    wrapped = http.post("/v1/embeddings", json={"model": MODEL, "input": [[101, *ids, 102]]})
+    bare = http.post("/v1/embeddings", json={"model": MODEL, "input": ids})
+    for response in (wrapped, bare):
+        assert response.status_code == 200
+        assert "x-ember-token-ids" not in response.headers
+        vector = response.json()["data"][0]["embedding"]
+        assert cosines([vector], [expected["data"][0]["embedding"]])[0] > 0.99999
+        assert response.json()["usage"]["prompt_tokens"] == 11
+
+
+def test_ids_beyond_the_model_vocabulary_are_read_as_cl100k(http: httpx.Client) -> None:
+    cl100k_ids = [791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679]  # the same sentence
+    by_ids = http.post("/v1/embeddings", json={"model": MODEL, "input": [cl100k_ids]})
+    by_text = http.post(
+        "/v1/embeddings",
+        json={"model": MODEL, "input": "The quick brown fox jumps over the lazy dog"},
     ).json()
-    expected = by_text["data"][0]["embedding"]
+    assert by_ids.headers["x-ember-token-ids"] == "cl100k_base; retokenized"
+    vector = by_ids.json()["data"][0]["embedding"]
+    assert cosines([vector], [by_text["data"][0]["embedding"]])[0] > 0.99999
+
+
+def test_token_ids_setting_model_reads_short_ambiguous_ids_as_the_models(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    ids = [7592, 2088]  # "hello world" for the model; also a valid cl100k sequence
+    settings = ServerSettings(home=tmp_path, models_dir=default_models_dir, token_ids="model")
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        by_ids = client.post("/v1/embeddings", json={"model": MODEL, "input": ids}).json()
+        by_text = client.post("/v1/embeddings", json={"model": MODEL, "input": "hello world"})
+    expected = by_text.json()["data"][0]["embedding"]
     assert cosines([by_ids["data"][0]["embedding"]], [expected])[0] > 0.99999
-    for item in with_specials["data"]:
-        assert cosines([item["embedding"]], [expected])[0] > 0.99999
-    assert by_ids["usage"]["prompt_tokens"] == 4

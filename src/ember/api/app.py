@@ -16,6 +16,7 @@ from ember.api.observe import ObserveMiddleware
 from ember.api.protocol import EmbeddingRequest
 from ember.api.routes import protected, public
 from ember.api.state import AppState
+from ember.api.token_ids import Cl100k
 from ember.models.registry import ModelRegistry
 from ember.scheduler import Scheduler
 from ember.settings import ServerSettings
@@ -43,7 +44,7 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.ember = AppState(settings, registry, scheduler, metrics)
+    app.state.ember = AppState(settings, registry, scheduler, metrics, Cl100k())
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from ember.api.protocol import EmbeddingInput
+from ember.api.token_ids import Cl100k, TokenIdsMode, is_cl100k
 from ember.engines.base import TokenIds
 from ember.errors import ContextLengthExceeded, InvalidRequest, LimitExceeded
 from ember.models.loader import LoadedModel
@@ -25,6 +26,7 @@ class PreparedInputs:
 
     sequences: list[TokenIds]
     prompt_tokens: int
+    retokenized_from: str | None = None
 
 
 def split_input(raw: EmbeddingInput) -> list[str] | list[list[int]]:
@@ -63,6 +65,8 @@ async def prepare_inputs(
     *,
     truncate: bool,
     input_type: str | None,
+    cl100k: Cl100k,
+    token_ids: TokenIdsMode,
 ) -> PreparedInputs:
     """Validate, tokenise and check `raw` against the model's and the server's limits."""
     items = split_input(raw)
@@ -72,8 +76,15 @@ async def prepare_inputs(
             "(raise it with EMBER_MAX_INPUTS_PER_REQUEST).",
             param="input",
         )
+    retokenized_from = None
+    if not isinstance(items[0], str):
+        arrays: list[list[int]] = items
+        _check_not_empty(arrays)
+        if await asyncio.to_thread(is_cl100k, arrays, model.tokenizer, token_ids, cl100k):
+            items = await asyncio.to_thread(cl100k.decode, arrays)
+            retokenized_from = "cl100k_base"
     if isinstance(items[0], str):
-        texts = _checked_texts(items, limits)
+        texts = _checked_texts(items, limits, decoded=retokenized_from is not None)
         prefix = prompt_for(model.settings, input_type)
         if prefix:
             texts = [prefix + text for text in texts]
@@ -88,12 +99,18 @@ async def prepare_inputs(
             "(raise it with EMBER_MAX_TOKENS_PER_REQUEST, or split the request).",
             param="input",
         )
-    return PreparedInputs(sequences, total)
+    return PreparedInputs(sequences, total, retokenized_from)
 
 
-def _checked_texts(texts: list[str], limits: ServerSettings) -> list[str]:
+def _check_not_empty(arrays: list[list[int]]) -> None:
+    for index, ids in enumerate(arrays):
+        if not ids:
+            raise InvalidRequest(f"Input {index} is an empty token array.", param="input")
+
+
+def _checked_texts(texts: list[str], limits: ServerSettings, *, decoded: bool = False) -> list[str]:
     for index, text in enumerate(texts):
-        if not text:
+        if not text and not decoded:
             raise InvalidRequest(
                 f"Input {index} is an empty string; every input must contain text.", param="input"
             )
@@ -110,8 +127,6 @@ def _checked_token_arrays(arrays: list[list[int]], model: LoadedModel) -> list[T
     vocab_size = model.tokenizer.vocab_size
     sequences = []
     for index, ids in enumerate(arrays):
-        if not ids:
-            raise InvalidRequest(f"Input {index} is an empty token array.", param="input")
         bad = next((token for token in ids if not 0 <= token < vocab_size), None)
         if bad is not None:
             raise InvalidRequest(

@@ -74,7 +74,13 @@ async def create_embeddings(request: Request) -> Response:
             body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id
         )
     prepared = await prepare_inputs(
-        body.input, model, state.settings, truncate=body.truncate, input_type=body.input_type
+        body.input,
+        model,
+        state.settings,
+        truncate=body.truncate,
+        input_type=body.input_type,
+        cl100k=state.cl100k,
+        token_ids=settings.token_ids or state.settings.token_ids,
     )
 
     async def engine_source(reload: bool) -> Engine:
@@ -105,7 +111,10 @@ async def create_embeddings(request: Request) -> Response:
         if len(vectors) > 64
         else embeddings_body(vectors, body.model, prepared.prompt_tokens, body.encoding_format)
     )
-    return Response(content, media_type="application/json")
+    headers = {}
+    if prepared.retokenized_from is not None:
+        headers["X-Ember-Token-Ids"] = f"{prepared.retokenized_from}; retokenized"
+    return Response(content, media_type="application/json", headers=headers)
 
 
 @protected.get("/metrics", response_class=PlainTextResponse)

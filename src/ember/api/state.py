@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ember.api.metrics import Metrics
+from ember.api.token_ids import Cl100k
 from ember.models.registry import ModelRegistry
 from ember.scheduler import Scheduler
 from ember.settings import ServerSettings
@@ -18,6 +19,7 @@ class AppState:
     registry: ModelRegistry
     scheduler: Scheduler
     metrics: Metrics
+    cl100k: Cl100k
 
 
 def app_state(request: Request) -> AppState:

@@ -53,6 +53,9 @@ class ModelSettings(BaseModel):
         default=None, description="Name of the prompt applied when the request names none."
     )
     aliases: list[str] = Field(default_factory=list, description="Other names for the model.")
+    token_ids: Literal["auto", "model", "cl100k"] | None = Field(
+        default=None, description="Vocabulary of token-id inputs; None follows the server."
+    )
     ngl: int = Field(default=0, ge=0, description="Layers to offload to a GPU (0: CPU only).")
     keep_alive: float | None = Field(
         default=None, description="Seconds idle before unloading; None keeps it loaded."

@@ -23,6 +23,8 @@ class ModelTokenizer(Protocol):
 
     def wrap(self, ids: Sequence[int]) -> TokenIds: ...
 
+    def is_wrapped(self, ids: Sequence[int]) -> bool: ...
+
     def truncate_ids(self, ids: TokenIds) -> TokenIds: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
@@ -61,12 +63,18 @@ class TextTokenizer:
         """Token ids cut to `max_tokens`, special tokens kept, as sentence-transformers does."""
         return [_as_ids(encoding.ids) for encoding in self._truncating.encode_batch(list(texts))]
 
-    def wrap(self, ids: Sequence[int]) -> TokenIds:
-        """Add the model's special tokens to raw ids unless they are already there."""
+    def is_wrapped(self, ids: Sequence[int]) -> bool:
+        """Whether `ids` already carry the special tokens the model's post-processor adds."""
         ids = list(ids)
+        if not self._prefix and not self._suffix:
+            return False
         starts = ids[: len(self._prefix)] == self._prefix
         ends = not self._suffix or ids[-len(self._suffix) :] == self._suffix
-        if starts and ends and len(ids) >= len(self._prefix) + len(self._suffix):
+        return starts and ends and len(ids) >= len(self._prefix) + len(self._suffix)
+
+    def wrap(self, ids: Sequence[int]) -> TokenIds:
+        """Add the model's special tokens to raw ids unless they are already there."""
+        if self.is_wrapped(ids):
             return _as_ids(ids)
         return _as_ids([*self._prefix, *ids, *self._suffix])
 
