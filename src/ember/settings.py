@@ -64,6 +64,12 @@ class ServerSettings(BaseSettings):
         description="Vocabulary of token-id inputs: the model's, OpenAI's cl100k_base (decoded "
         "and re-tokenised), or auto-detected.",
     )
+    cache_entries: int = Field(
+        default=0, ge=0, description="Vectors kept in the in-memory cache (0: no cache)."
+    )
+    cache_path: Path | None = Field(
+        default=None, description="SQLite file that keeps cached vectors across restarts."
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )

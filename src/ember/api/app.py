@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
+from ember.api.compute import Fingerprints
 from ember.api.errors import install_error_handlers
 from ember.api.hosts import TrustedHostMiddleware, allowed_hosts
 from ember.api.metrics import Metrics
@@ -17,6 +18,7 @@ from ember.api.protocol import EmbeddingRequest
 from ember.api.routes import protected, public
 from ember.api.state import AppState
 from ember.api.token_ids import Cl100k
+from ember.cache import EmbeddingCache
 from ember.models.registry import ModelRegistry
 from ember.scheduler import Scheduler
 from ember.settings import ServerSettings
@@ -36,6 +38,8 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
         yield
         await scheduler.close()
         registry.close()
+        if cache is not None:
+            cache.close()
 
     app = FastAPI(
         title="Ember",
@@ -44,7 +48,14 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.ember = AppState(settings, registry, scheduler, metrics, Cl100k())
+    cache = (
+        EmbeddingCache(settings.cache_entries, settings.cache_path)
+        if settings.cache_entries > 0 or settings.cache_path is not None
+        else None
+    )
+    app.state.ember = AppState(
+        settings, registry, scheduler, metrics, Cl100k(), cache, Fingerprints()
+    )
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.api.auth import require_api_key
+from ember.api.compute import ClientGone, compute_vectors
 from ember.api.encoding import embeddings_body
 from ember.api.errors import validation_message
 from ember.api.inputs import prepare_inputs
@@ -23,13 +24,11 @@ from ember.api.protocol import (
     ModelList,
 )
 from ember.api.state import AppState, app_state
-from ember.engines.base import Engine
 from ember.errors import (
     DimensionsNotSupported,
     InvalidRequest,
     ModelNotEmbedding,
     PayloadTooLarge,
-    RequestTimedOut,
 )
 from ember.models.registry import RegisteredModel
 from ember.pooling import shorten
@@ -83,22 +82,14 @@ async def create_embeddings(request: Request) -> Response:
         token_ids=settings.token_ids or state.settings.token_ids,
     )
 
-    async def engine_source(reload: bool) -> Engine:
-        return (await state.registry.acquire(settings.id, reload=reload)).engine
-
-    embedding = state.scheduler.embed(
-        settings.id,
-        prepared.sequences,
-        engine_source=engine_source,
-        token_budget=settings.ubatch_size,
-    )
     request.state.access = {
         "model": settings.id,
         "inputs": len(prepared.sequences),
         "tokens": prepared.prompt_tokens,
     }
-    vectors = await _until_done_or_gone(request, embedding, state.settings.request_timeout)
-    if vectors is None:
+    try:
+        vectors, cache_hits = await compute_vectors(request, state, model, prepared.sequences)
+    except ClientGone:
         return Response(status_code=499)  # the client is gone; nobody reads this
     state.metrics.inputs.labels(model=settings.id).inc(len(prepared.sequences))
     state.metrics.tokens.labels(model=settings.id).inc(prepared.prompt_tokens)
@@ -112,6 +103,8 @@ async def create_embeddings(request: Request) -> Response:
         else embeddings_body(vectors, body.model, prepared.prompt_tokens, body.encoding_format)
     )
     headers = {}
+    if state.cache is not None:
+        headers["X-Ember-Cache-Hits"] = str(cache_hits)
     if prepared.retokenized_from is not None:
         headers["X-Ember-Token-Ids"] = f"{prepared.retokenized_from}; retokenized"
     return Response(content, media_type="application/json", headers=headers)
@@ -186,32 +179,6 @@ def _check_dimensions(requested: int, native: int, supported: list[int], model_i
         raise DimensionsNotSupported(
             f"'dimensions' must be at most {native} for model '{model_id}'.", param="dimensions"
         )
-
-
-async def _until_done_or_gone(request: Request, embedding: Any, timeout: float) -> Any:
-    """Await the vectors; give up (and drop the queued work) on disconnect or timeout."""
-    work = asyncio.ensure_future(embedding)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait(
-            {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        gone.cancel()
-    if work in done:
-        return work.result()
-    work.cancel()
-    await asyncio.gather(work, return_exceptions=True)
-    if gone in done:
-        return None
-    raise RequestTimedOut(f"The request did not finish within {timeout:g} s and was dropped.")
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def _card(entry: RegisteredModel) -> ModelCard:

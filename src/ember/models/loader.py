@@ -20,6 +20,7 @@ class LoadedModel:
     tokenizer: ModelTokenizer
     engine: Engine
     load_seconds: float
+    folder: Path
 
 
 def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False) -> LoadedModel:
@@ -31,7 +32,7 @@ def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False
     started = time.perf_counter()
     if settings.engine == "gguf":
         tokenizer, engine = _start_gguf(folder, settings)
-        return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started)
+        return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started, folder)
     if settings.tokenizer_file is None:
         raise ModelLoadFailed(f"{settings.id}: no tokenizer_file in model.json", settings.id)
     tokenizer_path = folder / settings.tokenizer_file
@@ -39,7 +40,7 @@ def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False
         raise ModelLoadFailed(f"{settings.id}: tokenizer file is missing", settings.id)
     tokenizer = TextTokenizer(tokenizer_path, settings.ctx_len)
     engine = _start_engine(folder, settings, reloading=reloading)
-    return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started)
+    return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started, folder)
 
 
 def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> Engine:

@@ -1,0 +1,109 @@
+"""Vectors for prepared inputs: from the cache where it has them, else from the scheduler,
+abandoned when the client disconnects or the request times out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+import numpy as np
+from starlette.requests import Request
+
+from ember.api.state import AppState
+from ember.cache import EmbeddingCache, model_fingerprint
+from ember.engines.base import Engine, TokenIds, Vectors
+from ember.errors import RequestTimedOut
+from ember.models.loader import LoadedModel
+
+
+class ClientGone(Exception):
+    """The client disconnected before its vectors were ready."""
+
+
+@dataclass
+class Fingerprints:
+    """Each loaded model's cache fingerprint, computed once per load (it hashes the weights)."""
+
+    _known: dict[str, tuple[LoadedModel, bytes]] = field(default_factory=dict)
+
+    async def of(self, model: LoadedModel) -> bytes:
+        known = self._known.get(model.settings.id)
+        if known is not None and known[0] is model:
+            return known[1]
+        weights = model.folder / model.settings.model_file
+        settings_json = model.settings.model_dump_json()
+        fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
+        self._known[model.settings.id] = (model, fingerprint)
+        return fingerprint
+
+
+async def compute_vectors(
+    request: Request, state: AppState, model: LoadedModel, sequences: list[TokenIds]
+) -> tuple[Vectors, int]:
+    """The vectors of `sequences` in order, and how many came from the cache."""
+    cache = state.cache
+    if cache is None:
+        return await _scheduled(request, state, model, sequences), 0
+    keys = EmbeddingCache.keys(await state.fingerprints.of(model), sequences)
+    found = await asyncio.to_thread(cache.lookup, keys)
+    missing = [position for position, vector in enumerate(found) if vector is None]
+    hits = len(sequences) - len(missing)
+    state.metrics.cache.labels(result="hit").inc(hits)
+    state.metrics.cache.labels(result="miss").inc(len(missing))
+    computed = np.empty((0, 0), dtype=np.float32)
+    if missing:
+        computed = await _scheduled(
+            request, state, model, [sequences[position] for position in missing]
+        )
+        await asyncio.to_thread(cache.store, [keys[position] for position in missing], computed)
+    width = computed.shape[1] if missing else len(next(v for v in found if v is not None))
+    vectors = np.empty((len(sequences), width), dtype=np.float32)
+    for position, vector in enumerate(found):
+        if vector is not None:
+            vectors[position] = vector
+    if missing:
+        vectors[missing] = computed
+    return vectors, hits
+
+
+async def _scheduled(
+    request: Request, state: AppState, model: LoadedModel, sequences: list[TokenIds]
+) -> Vectors:
+    model_id = model.settings.id
+
+    async def engine_source(reload: bool) -> Engine:
+        return (await state.registry.acquire(model_id, reload=reload)).engine
+
+    embedding = state.scheduler.embed(
+        model_id, sequences, engine_source=engine_source, token_budget=model.settings.ubatch_size
+    )
+    return await _until_done_or_gone(request, embedding, state.settings.request_timeout)
+
+
+async def _until_done_or_gone(
+    request: Request, embedding: Awaitable[Vectors], timeout: float
+) -> Vectors:
+    """Await the vectors; give up (and drop the queued work) on disconnect or timeout."""
+    work = asyncio.ensure_future(embedding)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    if gone in done:
+        raise ClientGone
+    raise RequestTimedOut(f"The request did not finish within {timeout:g} s and was dropped.")
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,60 @@
+"""The optional embedding cache: hits in memory, and on disk across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from ember.settings import ServerSettings
+from tests.support.server import serve_in_thread
+
+MODEL = "all-MiniLM-L6-v2"
+TEXTS = ["Cached once", "served twice", "Cached once"]
+
+
+def post(client: httpx.Client, payload: dict[str, object]) -> httpx.Response:
+    response = client.post("/v1/embeddings", json={"model": MODEL, **payload})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_memory_cache_serves_repeats_with_identical_vectors(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    settings = ServerSettings(home=tmp_path, models_dir=default_models_dir, cache_entries=100)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        first = post(client, {"input": TEXTS})
+        again = post(client, {"input": TEXTS})
+        prompted = post(client, {"input": TEXTS[0], "dimensions": 384})
+        metrics = client.get("/metrics").text
+    assert first.headers["x-ember-cache-hits"] == "0"
+    assert again.headers["x-ember-cache-hits"] == "3"
+    assert prompted.headers["x-ember-cache-hits"] == "1"
+    assert first.json()["data"] == again.json()["data"]
+    assert first.json()["usage"] == again.json()["usage"]
+    assert 'ember_cache_lookups_total{result="hit"} 4.0' in metrics
+    assert 'ember_cache_lookups_total{result="miss"} 3.0' in metrics
+
+
+def test_disk_cache_survives_a_restart(default_models_dir: Path, tmp_path: Path) -> None:
+    settings = ServerSettings(
+        home=tmp_path, models_dir=default_models_dir, cache_path=tmp_path / "cache.sqlite"
+    )
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        first = post(client, {"input": TEXTS, "encoding_format": "base64"})
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        after_restart = post(client, {"input": TEXTS, "encoding_format": "base64"})
+        truncated = post(client, {"input": TEXTS[1], "truncate": True})
+    assert first.headers["x-ember-cache-hits"] == "0"
+    assert after_restart.headers["x-ember-cache-hits"] == "3"
+    assert truncated.headers["x-ember-cache-hits"] == "1"
+    assert first.json()["data"] == after_restart.json()["data"]
+
+
+def test_without_cache_settings_there_is_no_cache_header(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    settings = ServerSettings(home=tmp_path, models_dir=default_models_dir)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        assert "x-ember-cache-hits" not in post(client, {"input": "x"}).headers
