@@ -70,6 +70,14 @@ class ServerSettings(BaseSettings):
     cache_path: Path | None = Field(
         default=None, description="SQLite file that keeps cached vectors across restarts."
     )
+    max_loaded_memory_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Memory for loaded models; the least recently used is unloaded to make room.",
+    )
+    idle_check_seconds: float = Field(
+        default=5.0, gt=0, description="How often models past their keep_alive are unloaded."
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )

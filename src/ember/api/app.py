@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,7 +28,10 @@ from ember.settings import ServerSettings
 def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) -> FastAPI:
     """A ready app; state lives on `app.state`, so several apps can share one process."""
     metrics = Metrics()
-    registry = registry or ModelRegistry(settings.resolved_models_dir)
+    budget = settings.max_loaded_memory_mb
+    registry = registry or ModelRegistry(
+        settings.resolved_models_dir, memory_budget=budget * 2**20 if budget else None
+    )
     registry.on_load = metrics.observe_load
     scheduler = Scheduler(
         max_queued_items=settings.max_queued_inputs, observe_batch=metrics.observe_batch
@@ -35,7 +39,9 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(_unload_idle_models(registry, settings.idle_check_seconds))
         yield
+        reaper.cancel()
         await scheduler.close()
         registry.close()
         if cache is not None:
@@ -73,6 +79,12 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
         app.add_middleware(TrustedHostMiddleware, hosts=hosts)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
+
+
+async def _unload_idle_models(registry: ModelRegistry, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        registry.unload_idle()
 
 
 def _register_request_schema(app: FastAPI) -> None:

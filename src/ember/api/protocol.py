@@ -71,7 +71,9 @@ class ModelCard(BaseModel):
     matryoshka_dimensions: list[int]
     prompts: dict[str, str]
     aliases: list[str]
+    keep_alive: float | None
     loaded: bool
+    memory_bytes: int
     status: Literal["ready", "loaded", "error"]
     error: str | None = None
 

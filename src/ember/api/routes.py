@@ -185,22 +185,14 @@ def _card(entry: RegisteredModel) -> ModelCard:
     settings = entry.settings
     created = int(entry.folder.stat().st_mtime) if entry.folder.exists() else 0
     if settings is None:
-        return ModelCard(
-            id=entry.model_id,
-            created=created,
-            owned_by="ember",
-            embedding=False,
-            engine="",
-            dimensions=0,
-            max_tokens=0,
-            pooling="",
-            normalize=False,
-            matryoshka_dimensions=[],
-            prompts={},
-            aliases=[],
-            loaded=False,
-            status="error",
-            error=entry.problem,
+        return ModelCard.model_validate(
+            {
+                **_EMPTY_CARD,
+                "id": entry.model_id,
+                "created": created,
+                "status": "error",
+                "error": entry.problem,
+            }
         )
     status: Literal["ready", "loaded", "error"] = (
         "error" if entry.problem else ("loaded" if entry.loaded else "ready")
@@ -218,7 +210,26 @@ def _card(entry: RegisteredModel) -> ModelCard:
         matryoshka_dimensions=settings.matryoshka_dimensions,
         prompts=settings.prompts,
         aliases=settings.aliases,
+        keep_alive=settings.keep_alive,
         loaded=entry.loaded is not None,
+        memory_bytes=entry.memory_estimate if entry.loaded is not None else 0,
         status=status,
         error=entry.problem,
     )
+
+
+_EMPTY_CARD = {
+    "owned_by": "ember",
+    "embedding": False,
+    "engine": "",
+    "dimensions": 0,
+    "max_tokens": 0,
+    "pooling": "",
+    "normalize": False,
+    "matryoshka_dimensions": [],
+    "prompts": {},
+    "aliases": [],
+    "keep_alive": None,
+    "loaded": False,
+    "memory_bytes": 0,
+}

@@ -1,14 +1,19 @@
-"""The model registry: model ids to folders and settings, loaded on first use and kept."""
+"""The model registry: model ids to folders and settings, loaded on first use and kept.
+
+Models stay loaded (the seed's contract) unless their `keep_alive` says otherwise, or a
+memory budget forces the least recently used one out to make room for another.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ember.errors import EmberError, ModelNotFound
+from ember.errors import EmberError, InvalidModelSettings, ModelLoadFailed, ModelNotFound
 from ember.models.loader import LoadedModel, load_model
 from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
 
@@ -25,20 +30,36 @@ class RegisteredModel:
     settings: ModelSettings | None
     problem: str | None = None
     loaded: LoadedModel | None = None
+    last_used: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def model_id(self) -> str:
         return self.settings.id if self.settings else self.folder.name
 
+    @property
+    def memory_estimate(self) -> int:
+        """Bytes the loaded model is expected to hold: its weights file, as runtimes map it."""
+        if self.settings is None:
+            return 0
+        weights = self.folder / self.settings.model_file
+        return weights.stat().st_size if weights.is_file() else 0
+
 
 class ModelRegistry:
     """Finds models under `models_dir`, loads each once on demand, keeps it loaded."""
 
-    def __init__(self, models_dir: Path, loader: Loader | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        loader: Loader | None = None,
+        *,
+        memory_budget: int | None = None,
+    ) -> None:
         self.models_dir = models_dir
-        self._loader: Loader = loader or _default_loader
+        self.memory_budget = memory_budget
         self.on_load: Callable[[str, float], None] | None = None
+        self._loader: Loader = loader or _default_loader
         self._models: dict[str, RegisteredModel] = {}
         self._names: dict[str, str] = {}
         self.rescan()
@@ -46,17 +67,7 @@ class ModelRegistry:
     def rescan(self) -> None:
         """Pick up folders added or removed since the last scan; loaded models stay."""
         found: dict[str, RegisteredModel] = {}
-        folders = (
-            sorted(
-                path
-                for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
-                if not path.parent.name.startswith(".")
-            )
-            if self.models_dir.is_dir()
-            else []
-        )
-        for settings_path in folders:
-            folder = settings_path.parent
+        for folder in self._model_folders():
             try:
                 settings: ModelSettings | None = read_settings(folder)
                 problem = None
@@ -92,9 +103,10 @@ class ModelRegistry:
         """The loaded model named `name`, loading it first if needed (once, however many ask)."""
         entry = self.find(name)
         if entry.settings is None:
-            from ember.errors import InvalidModelSettings
-
             raise InvalidModelSettings(entry.problem or "invalid settings", entry.model_id)
+        entry.last_used = time.monotonic()
+        if entry.loaded is not None and not reload:
+            return entry.loaded
         settings = entry.settings
         async with entry.lock:
             if entry.loaded is not None and not reload:
@@ -102,11 +114,15 @@ class ModelRegistry:
             previous, entry.loaded = entry.loaded, None
             if previous is not None:
                 previous.engine.close()
+            self._make_room_for(entry)
             try:
                 entry.loaded = await asyncio.to_thread(self._loader, entry.folder, settings, reload)
             except EmberError as exc:
                 entry.problem = exc.message
                 raise
+            except (OSError, ValueError, RuntimeError) as exc:  # a runtime choking on a file
+                entry.problem = f"{settings.id}: cannot load: {exc}"
+                raise ModelLoadFailed(entry.problem, settings.id) from exc
             entry.problem = None
             log.info("loaded %s in %.2f s", settings.id, entry.loaded.load_seconds)
             if self.on_load is not None:
@@ -114,19 +130,62 @@ class ModelRegistry:
             return entry.loaded
 
     def unload(self, name: str) -> bool:
-        """Release a loaded model; returns whether it was loaded."""
+        """Release a loaded model; returns whether it was loaded.
+
+        The engine is dropped, not closed: a batch already running on it keeps its own
+        reference and finishes; the memory goes when that batch does.
+        """
         entry = self.find(name)
         if entry.loaded is None:
             return False
-        entry.loaded.engine.close()
         entry.loaded = None
+        log.info("unloaded %s", entry.model_id)
         return True
+
+    def unload_idle(self, now: float | None = None) -> list[str]:
+        """Unload models idle longer than their `keep_alive`; returns their ids."""
+        now = time.monotonic() if now is None else now
+        idle = [
+            entry.model_id
+            for entry in self._models.values()
+            if entry.loaded is not None
+            and entry.settings is not None
+            and entry.settings.keep_alive is not None
+            and now - entry.last_used > entry.settings.keep_alive
+        ]
+        for model_id in idle:
+            self.unload(model_id)
+        return idle
 
     def close(self) -> None:
         for entry in self._models.values():
             if entry.loaded is not None:
                 entry.loaded.engine.close()
                 entry.loaded = None
+
+    def _make_room_for(self, incoming: RegisteredModel) -> None:
+        """Unload least recently used models until `incoming` fits the memory budget."""
+        if self.memory_budget is None:
+            return
+        loaded = sorted(
+            (entry for entry in self._models.values() if entry.loaded and entry is not incoming),
+            key=lambda entry: entry.last_used,
+        )
+        in_use = sum(entry.memory_estimate for entry in loaded)
+        for entry in loaded:
+            if in_use + incoming.memory_estimate <= self.memory_budget:
+                return
+            self.unload(entry.model_id)
+            in_use -= entry.memory_estimate
+
+    def _model_folders(self) -> list[Path]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(
+            path.parent
+            for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
+            if not path.parent.name.startswith(".")
+        )
 
 
 def _default_loader(folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:

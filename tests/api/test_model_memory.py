@@ -1,0 +1,56 @@
+"""Models stay loaded by default, unload after their keep_alive, and make room within a budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from ember.settings import ServerSettings
+from tests.support.models import write_fake_model
+from tests.support.server import serve_in_thread
+
+
+def loaded(client: httpx.Client) -> dict[str, bool]:
+    return {card["id"]: card["loaded"] for card in client.get("/v1/models").json()["data"]}
+
+
+def embed(client: httpx.Client, model: str) -> None:
+    response = client.post("/v1/embeddings", json={"model": model, "input": "hello"})
+    assert response.status_code == 200
+
+
+def test_keep_alive_unloads_idle_models_and_the_default_keeps_them(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "brief", keep_alive=0.2)
+    write_fake_model(models_dir, "resident")
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, idle_check_seconds=0.05)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        embed(client, "brief")
+        embed(client, "resident")
+        assert loaded(client) == {"brief": True, "resident": True}
+        deadline = time.monotonic() + 10
+        while loaded(client)["brief"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loaded(client) == {"brief": False, "resident": True}
+        embed(client, "brief")  # loads again on demand
+        assert loaded(client)["brief"] is True
+
+
+def test_memory_budget_unloads_the_least_recently_used(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    for model_id in ("first", "second", "third"):
+        folder = write_fake_model(models_dir, model_id, model_file="weights.bin")
+        (folder / "weights.bin").write_bytes(b"\0" * 2**20)
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, max_loaded_memory_mb=2)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        embed(client, "first")
+        embed(client, "second")
+        assert loaded(client) == {"first": True, "second": True, "third": False}
+        embed(client, "first")  # now "second" is the least recently used
+        embed(client, "third")
+        assert loaded(client) == {"first": True, "second": False, "third": True}
+        cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+        assert cards["first"]["memory_bytes"] == 2**20
+        assert cards["second"]["memory_bytes"] == 0
