@@ -29,9 +29,14 @@ def is_hf_folder(folder: Path) -> bool:
 def register_hf_folder(
     folder: Path, model_id: str, overrides: Mapping[str, Any] | None = None
 ) -> ModelSettings:
-    """Write `model.onnx` and `model.json` into `folder`, which holds the model's files."""
+    """Write `model.onnx` and `model.json` into `folder`, which holds the model's files.
+
+    Settings come, in rising precedence, from the sentence-transformers files, the
+    architecture's own defaults (e.g. Nomic's prompts and 8192-token context), the folder's
+    prompts, and `overrides`; the graph is then built from the final settings.
+    """
     config = _read_json(folder / "config.json")
-    build = _builder_for(config, folder)
+    build, architecture_defaults = _architecture_of(config, folder)
     pooling, normalize = _pooling(folder)
     raw: dict[str, Any] = {
         "id": model_id,
@@ -42,39 +47,49 @@ def register_hf_folder(
         "ctx_len": _max_tokens(folder, config),
         "pooling": pooling,
         "normalize": normalize,
-        "dimensions": int(config["hidden_size"]),
+        "dimensions": config.get("hidden_size"),
+        **architecture_defaults(config),
         **_prompts(folder),
         **(overrides or {}),
     }
     settings = parse_settings(raw, model_id)
     if not (folder / "tokenizer.json").is_file():
         raise InvalidModelSettings(f"{model_id}: the folder has no tokenizer.json", model_id)
-    graph = build(config, _load_weights(folder), pooling=pooling, normalize=normalize)
+    graph = build(
+        config, _load_weights(folder), pooling=settings.pooling, normalize=settings.normalize
+    )
     _save_graph(graph, folder / GRAPH_FILE)
     write_settings(folder, settings)
     return settings
 
 
-# config.json `model_type` -> "module:function" building its graph; imported only when used.
+# config.json `model_type` -> the module building its graph (imported only when used) and
+# the builder function in it; a module may also offer `default_settings(config)`.
 ARCHITECTURES: dict[str, str] = {
-    "bert": "ember.engines.onnx_graphs.bert:build_bert_graph",
-    "mpnet": "ember.engines.onnx_graphs.mpnet:build_mpnet_graph",
-    "nomic_bert": "ember.engines.onnx_graphs.nomic_bert:build_nomic_bert_graph",
+    "bert": "build_bert_graph",
+    "mpnet": "build_mpnet_graph",
+    "nomic_bert": "build_nomic_bert_graph",
 }
 
 
-def _builder_for(config: Mapping[str, Any], folder: Path) -> GraphBuilder:
+def _architecture_of(
+    config: Mapping[str, Any], folder: Path
+) -> tuple[GraphBuilder, Callable[[Mapping[str, Any]], dict[str, Any]]]:
+    """The graph builder of the folder's architecture, and its settings defaults."""
     model_type = str(config.get("model_type", "")).lower()
-    target = ARCHITECTURES.get(model_type)
-    if target is None:
+    if model_type not in ARCHITECTURES:
         raise InvalidModelSettings(
             f"{folder.name}: architecture '{model_type or 'unknown'}' is not supported "
             f"(supported: {', '.join(sorted(ARCHITECTURES))})",
             folder.name,
         )
-    module_name, function_name = target.split(":")
-    builder: GraphBuilder = getattr(importlib.import_module(module_name), function_name)
-    return builder
+    module = importlib.import_module(f"ember.engines.onnx_graphs.{model_type}")
+    builder: GraphBuilder = getattr(module, ARCHITECTURES[model_type])
+    return builder, getattr(module, "default_settings", _no_defaults)
+
+
+def _no_defaults(_config: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
 
 
 def _pooling(folder: Path) -> tuple[Pooling, bool]:
