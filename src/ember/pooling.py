@@ -40,6 +40,13 @@ def normalize(vectors: Vectors) -> Vectors:
     return unit
 
 
-def shorten(vectors: Vectors, dimensions: int) -> Vectors:
-    """Matryoshka truncation: keep the first `dimensions` values, then re-normalise."""
+def shorten(vectors: Vectors, dimensions: int, *, layer_norm: bool = False) -> Vectors:
+    """Matryoshka truncation: keep the first `dimensions` values, then re-normalise.
+
+    `layer_norm` first centres and scales each full vector, as nomic-embed-text v1.5's recipe
+    does (F.layer_norm before slicing); it is scale-invariant, so it applies to unit vectors.
+    """
+    if layer_norm:
+        centred = vectors - vectors.mean(axis=1, keepdims=True)
+        vectors = (centred / np.sqrt(centred.var(axis=1, keepdims=True) + 1e-5)).astype(np.float32)
     return normalize(np.ascontiguousarray(vectors[:, :dimensions]))

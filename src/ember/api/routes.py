@@ -94,7 +94,7 @@ async def create_embeddings(request: Request) -> Response:
     state.metrics.inputs.labels(model=settings.id).inc(len(prepared.sequences))
     state.metrics.tokens.labels(model=settings.id).inc(prepared.prompt_tokens)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
-        vectors = shorten(vectors, body.dimensions)
+        vectors = shorten(vectors, body.dimensions, layer_norm=settings.matryoshka_layer_norm)
     content = (
         await asyncio.to_thread(
             embeddings_body, vectors, body.model, prepared.prompt_tokens, body.encoding_format

@@ -46,6 +46,10 @@ class ModelSettings(BaseModel):
         default_factory=list,
         description="Shorter lengths the model was trained for; empty refuses `dimensions`.",
     )
+    matryoshka_layer_norm: bool = Field(
+        default=False,
+        description="Layer-normalise full vectors before shortening (nomic-embed-text v1.5).",
+    )
     prompts: dict[str, str] = Field(
         default_factory=dict, description="Named prefixes, e.g. query -> 'search_query: '."
     )

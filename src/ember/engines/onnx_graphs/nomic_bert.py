@@ -204,6 +204,8 @@ def default_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     sizes = NOMIC_MATRYOSHKA_DIMENSIONS.get(parsed.hidden_size)
     if sizes:
         settings["matryoshka_dimensions"] = list(sizes)
+    # Nomic's Matryoshka recipe layer-normalises the full vector before slicing it.
+    settings["matryoshka_layer_norm"] = True
     return settings
 
 
