@@ -1,16 +1,20 @@
-"""`ember models …`: pull, list, show and remove models."""
+"""`ember models …`: pull, add, list, show and remove models."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import get_args
 
 import click
 
 from ember.cli.options import home_options, settings_from
 from ember.errors import EmberError
 from ember.models.catalog import CATALOG
+from ember.models.importers import AddOptions, add_model
 from ember.models.manage import pull_and_register, remove_model
 from ember.models.registry import ModelRegistry
+from ember.pooling import Pooling
 
 
 @click.group()
@@ -54,6 +58,50 @@ def pull(
     click.echo(f"ready: {registered.id} ({registered.dimensions} dims)")
 
 
+@models.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--id", "model_id", help="Model id clients will send (default: from the files).")
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, path_type=Path),
+    help="tokenizer.json (or its folder, or a BERT vocab.txt) for an ONNX file.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(get_args(Pooling)),
+    help="How token states become one vector (ONNX and GGUF files).",
+)
+@click.option("--no-normalize", is_flag=True, help="Do not L2-normalise the vectors.")
+@click.option("--ctx-len", type=click.IntRange(min=1), help="Maximum tokens per input.")
+@home_options
+def add(
+    path: Path,
+    model_id: str | None,
+    tokenizer: Path | None,
+    pooling: Pooling | None,
+    no_normalize: bool,
+    ctx_len: int | None,
+    home: Path | None,
+    models_dir: Path | None,
+) -> None:
+    """Register a GGUF or ONNX file, a Jan model or data folder, or a Hugging Face folder."""
+    options = AddOptions(
+        model_id=model_id,
+        tokenizer=tokenizer,
+        pooling=pooling,
+        normalize=False if no_normalize else None,
+        ctx_len=ctx_len,
+    )
+    target = settings_from(home=home, models_dir=models_dir).resolved_models_dir
+    try:
+        added = add_model(path, target, options, report=click.echo)
+    except EmberError as exc:
+        raise click.ClickException(exc.message) from exc
+    for settings in added:
+        kind = "embedding" if settings.embedding else "not embedding"
+        click.echo(f"ready: {settings.id} ({settings.engine}, {settings.dimensions} dims, {kind})")
+
+
 @models.command(name="list")
 @home_options
 def list_models(home: Path | None, models_dir: Path | None) -> None:
@@ -77,10 +125,31 @@ def list_models(home: Path | None, models_dir: Path | None) -> None:
 @models.command()
 @click.argument("model_id")
 @home_options
+def show(model_id: str, home: Path | None, models_dir: Path | None) -> None:
+    """Print a model's settings and files."""
+    registry = ModelRegistry(settings_from(home=home, models_dir=models_dir).resolved_models_dir)
+    try:
+        entry = registry.find(model_id)
+    except EmberError as exc:
+        raise click.ClickException(exc.message) from exc
+    if entry.settings is None:
+        raise click.ClickException(entry.problem or f"{model_id}: invalid settings")
+    click.echo(json.dumps(entry.settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    click.echo(f"folder: {entry.folder}")
+    for path in sorted(path for path in entry.folder.rglob("*") if path.is_file()):
+        click.echo(f"  {path.relative_to(entry.folder)}  {path.stat().st_size:,} bytes")
+
+
+@models.command()
+@click.argument("model_id")
+@home_options
 def rm(model_id: str, home: Path | None, models_dir: Path | None) -> None:
     """Remove a registered model and its files."""
+    resolved = settings_from(home=home, models_dir=models_dir).resolved_models_dir
     try:
-        remove_model(settings_from(home=home, models_dir=models_dir).resolved_models_dir, model_id)
+        # Ids may differ from folder names (Jan's ids hold slashes), so look the folder up.
+        folder = ModelRegistry(resolved).find(model_id).folder
+        remove_model(resolved, folder.name)
     except EmberError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"removed {model_id}")

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ember.errors import RuntimeMissing
-from ember.pooling import Pooling
+import numpy as np
+
+from ember.engines.base import TokenBatch, TokenIds, Vectors
+from ember.engines.onnx import available_cores
+from ember.errors import EngineFailure, ModelLoadFailed, RuntimeMissing
+from ember.pooling import Pooling, normalize
 
 if TYPE_CHECKING:
     from ember.engines.base import Engine
     from ember.models.tokenizer import ModelTokenizer
 
+log = logging.getLogger(__name__)
+
 INSTALL_HINT = "pip install 'ember-embeddings[gguf]'"
+
+# llama.cpp's enum llama_pooling_type.
+POOLING_TYPES: dict[Pooling, int] = {"mean": 1, "cls": 2, "lasttoken": 3}
+
+# Architectures whose positions are a learned table: inputs past it would read out of bounds.
+LEARNED_POSITIONS = frozenset({"bert"})
 
 
 def load_gguf(
@@ -22,12 +38,220 @@ def load_gguf(
     pooling: Pooling,
     normalize_output: bool,
     gpu_layers: int = 0,
+    batch_tokens: int | None = None,
+    threads: int | None = None,
 ) -> tuple[ModelTokenizer, Engine]:
-    """Open a GGUF model with llama.cpp; raises RuntimeMissing when the extra is absent."""
+    """Open a GGUF model with llama.cpp: its own tokenizer and an engine sharing one instance.
+
+    Raises RuntimeMissing when llama-cpp-python is not installed, so the server answers 501
+    for this model and keeps serving the others. `batch_tokens` sizes one llama.cpp batch
+    (default `max_tokens`); it never drops below `max_tokens`, because llama.cpp must see a
+    whole sequence in one micro-batch when attention is bidirectional.
+    """
+    llama_cpp = _import_llama_cpp()
+    if gpu_layers > 0 and not llama_cpp.llama_supports_gpu_offload():
+        log.warning(
+            "ngl=%d asks for a GPU, but this llama.cpp build has none: running on CPU", gpu_layers
+        )
+    batch_size = max(max_tokens, batch_tokens or 0)
+    cores = threads or available_cores()
     try:
-        import llama_cpp  # noqa: F401
+        llama = llama_cpp.Llama(
+            str(model_path),
+            embedding=True,
+            n_ctx=batch_size,
+            n_batch=batch_size,
+            n_ubatch=batch_size,
+            n_gpu_layers=gpu_layers,
+            pooling_type=POOLING_TYPES[pooling],
+            n_threads=cores,
+            n_threads_batch=cores,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadFailed(f"llama.cpp cannot load {model_path.name}: {exc}") from exc
+    _check_positions(llama, llama_cpp, model_path, max_tokens)
+    tokenizer = LlamaTokenizer(llama, max_tokens)
+    engine = LlamaEngine(llama, llama_cpp, batch_size, normalize_output=normalize_output)
+    return tokenizer, engine
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
     except ImportError as exc:
         raise RuntimeMissing(
             f"GGUF models run on llama.cpp, which is not installed: {INSTALL_HINT}"
         ) from exc
-    raise NotImplementedError
+    _route_native_logs(llama_cpp)
+    return llama_cpp
+
+
+@functools.cache
+def _route_native_logs(llama_cpp: Any) -> Any:
+    """Send llama.cpp's log lines to `logging`, once per process.
+
+    llama-cpp-python prints them to stderr through a level table older than ggml's current
+    one, so warnings show even with verbose=False. The cache keeps the C callback alive.
+    """
+    native = logging.getLogger(f"{__name__}.llama_cpp")
+    # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error (5 continues the previous line).
+    levels = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.ERROR}
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, _user_data: Any) -> None:
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            native.log(levels.get(level, logging.DEBUG), "%s", message)
+
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+    return forward
+
+
+def _check_positions(llama: Any, llama_cpp: Any, model_path: Path, max_tokens: int) -> None:
+    trained = int(llama_cpp.llama_model_n_ctx_train(llama.model))
+    architecture = str(llama.metadata.get("general.architecture", ""))
+    if max_tokens > trained and architecture in LEARNED_POSITIONS:
+        llama.close()
+        raise ModelLoadFailed(
+            f"{model_path.name}: ctx_len {max_tokens} exceeds the {trained} positions "
+            f"the model was trained with; lower ctx_len in model.json"
+        )
+
+
+class LlamaTokenizer:
+    """The model's own llama.cpp tokenizer behind Ember's ModelTokenizer contract.
+
+    GGUF files carry their vocabulary, and llama.cpp ids are what the weights expect, so
+    no Hugging Face tokenizer is involved. Special tokens written in the text are parsed,
+    as Hugging Face tokenizers do.
+    """
+
+    def __init__(self, llama: Any, max_tokens: int) -> None:
+        self._llama = llama
+        self.max_tokens = max_tokens
+        self.vocab_size = int(llama.n_vocab())
+        # What llama.cpp wraps every text in, e.g. [CLS] … [SEP] for BERT.
+        empty = list(llama.tokenize(b"", add_bos=True, special=True))
+        self._prefix = empty[:1]
+        self._suffix = empty[1:]
+
+    def encode(self, texts: Sequence[str]) -> list[TokenIds]:
+        """Token ids of each text with special tokens, untruncated."""
+        return [
+            _as_ids(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+            for text in texts
+        ]
+
+    def is_wrapped(self, ids: Sequence[int]) -> bool:
+        """Whether `ids` already carry the special tokens llama.cpp adds."""
+        ids = list(ids)
+        if not self._prefix and not self._suffix:
+            return False
+        starts = ids[: len(self._prefix)] == self._prefix
+        ends = not self._suffix or ids[-len(self._suffix) :] == self._suffix
+        return starts and ends and len(ids) >= len(self._prefix) + len(self._suffix)
+
+    def wrap(self, ids: Sequence[int]) -> TokenIds:
+        """Add the model's special tokens to raw ids unless they are already there."""
+        if self.is_wrapped(ids):
+            return _as_ids(ids)
+        return _as_ids([*self._prefix, *ids, *self._suffix])
+
+    def truncate_ids(self, ids: TokenIds) -> TokenIds:
+        """Cut wrapped ids to `max_tokens`, keeping the closing special tokens."""
+        if len(ids) <= self.max_tokens:
+            return ids
+        keep = self.max_tokens - len(self._suffix)
+        return np.concatenate([ids[:keep], ids[len(ids) - len(self._suffix) :]])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: bytes = self._llama.detokenize([int(token) for token in ids], special=False)
+        # WordPiece vocabularies mark word starts with a space, so decoded text opens with one.
+        return text.decode("utf-8", errors="replace").lstrip(" ")
+
+
+class LlamaEngine:
+    """Runs token batches through llama.cpp and reads its pooled vectors per sequence.
+
+    `Llama.embed` only takes strings, so batches are filled through llama.cpp's own batch
+    API: each input becomes one sequence id, and llama.cpp pools each sequence apart.
+    """
+
+    def __init__(
+        self, llama: Any, llama_cpp: Any, batch_size: int, *, normalize_output: bool
+    ) -> None:
+        self._llama = llama
+        self._api = llama_cpp
+        self._batch_size = batch_size
+        self._normalize = normalize_output
+        self._max_sequences = int(llama.context_params.n_seq_max)
+        self._dimensions = int(llama.n_embd())
+        self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
+        self._closed = False
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    def embed(self, batch: TokenBatch) -> Vectors:
+        rows = [self._embed_group(group) for group in self._groups(batch.sequences)]
+        vectors = np.concatenate(rows) if rows else np.zeros((0, self._dimensions), np.float32)
+        return normalize(vectors) if self._normalize else vectors
+
+    def _groups(self, sequences: Sequence[TokenIds]) -> Iterator[Sequence[TokenIds]]:
+        """Consecutive runs of sequences that fit one llama.cpp batch."""
+        start, tokens = 0, 0
+        for index, sequence in enumerate(sequences):
+            if len(sequence) > self._batch_size:
+                raise EngineFailure(
+                    f"a sequence of {len(sequence)} tokens exceeds the batch of {self._batch_size}"
+                )
+            full = tokens + len(sequence) > self._batch_size
+            if index > start and (full or index - start >= self._max_sequences):
+                yield sequences[start:index]
+                start, tokens = index, 0
+            tokens += len(sequence)
+        if start < len(sequences):
+            yield sequences[start:]
+
+    def _embed_group(self, sequences: Sequence[TokenIds]) -> Vectors:
+        batch = self._batch
+        position = 0
+        for seq_id, sequence in enumerate(sequences):
+            for offset, token in enumerate(sequence.tolist()):
+                batch.token[position] = token
+                batch.pos[position] = offset
+                batch.n_seq_id[position] = 1
+                batch.seq_id[position][0] = seq_id
+                # Every token is an output: llama.cpp pools over the outputs of a sequence.
+                batch.logits[position] = 1
+                position += 1
+        batch.n_tokens = position
+        context = self._llama.ctx
+        memory = self._api.llama_get_memory(context)
+        if memory:  # decoder models keep a cache; encoders have none
+            self._api.llama_memory_clear(memory, True)
+        status = self._api.llama_decode(context, batch)
+        if status != 0:
+            raise EngineFailure(f"llama_decode returned {status}")
+        vectors = np.empty((len(sequences), self._dimensions), dtype=np.float32)
+        for seq_id in range(len(sequences)):
+            pointer = self._api.llama_get_embeddings_seq(context, seq_id)
+            if not pointer:
+                raise EngineFailure("llama.cpp returned no pooled vector")
+            vectors[seq_id] = np.ctypeslib.as_array(
+                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self._dimensions,)
+            )
+        return vectors
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._api.llama_batch_free(self._batch)
+        self._llama.close()
+
+
+def _as_ids(ids: Sequence[int]) -> TokenIds:
+    return np.asarray(ids, dtype=np.int64)

@@ -87,7 +87,8 @@ class OnnxEngine:
         (output,) = self._session.run([self._output_name], feeds)
         vectors = np.asarray(output, dtype=np.float32)
         if self._pooled_in_graph:
-            return vectors
+            # Ember's graphs normalise already (a no-op again); a user's may not.
+            return normalize(vectors) if self._normalize else vectors
         if vectors.ndim == 3:
             vectors = pool(vectors, attention_mask, self._pooling)
         return normalize(vectors) if self._normalize else vectors

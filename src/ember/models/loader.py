@@ -77,6 +77,7 @@ def _start_gguf(folder: Path, settings: ModelSettings) -> tuple[ModelTokenizer, 
     return load_gguf(
         model_path,
         max_tokens=settings.ctx_len,
+        batch_tokens=settings.ubatch_size,
         pooling=settings.pooling,
         normalize_output=settings.normalize,
         gpu_layers=settings.ngl,

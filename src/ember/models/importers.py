@@ -1,0 +1,457 @@
+"""`ember models add`: registers model files already on disk, by what they are.
+
+A GGUF file, a Jan model folder (`model.yml` beside a `.gguf`), a whole Jan data folder, a
+Hugging Face / sentence-transformers folder, or an ONNX file with its tokenizer. Each becomes
+a folder `models_dir/<id>/` holding the weights (hard-linked when the disk allows, else
+copied) and a `model.json`. Folders are assembled under a hidden staging name and renamed
+into place last, so a failed or interrupted import never leaves a half-registered model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from ember.errors import EmberError, InvalidModelSettings
+from ember.models.hf_folder import is_hf_folder, register_hf_folder
+from ember.models.settings import SETTINGS_FILE, ModelSettings, parse_settings, write_settings
+from ember.pooling import Pooling
+
+Report = Callable[[str], None]
+
+JAN_SETTINGS = "model.yml"
+TOKENIZER_FILE = "tokenizer.json"
+
+# GGUF `<arch>.pooling_type` values (llama.cpp's enum llama_pooling_type) Ember can serve.
+GGUF_POOLING: dict[int, Pooling] = {1: "mean", 2: "cls", 3: "lasttoken"}
+# Encoder architectures llama.cpp runs as embedding models (Jan checks bert and nomic-bert).
+GGUF_ENCODERS = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert"}
+)
+# llama.cpp sizes one batch to ctx_len (encoders need a whole input in one batch), and its
+# memory grows with the square of that; decoders trained on 32k+ tokens start at this.
+GGUF_CTX_CAP = 8192
+
+# Nomic's embedding models are trained with these task prefixes (their sentence-transformers
+# config lists them); a GGUF file does not carry them, so they are offered by name, never
+# applied unasked (Jan sends text as it is).
+NOMIC_PROMPTS = {
+    "search_query": "search_query: ",
+    "search_document": "search_document: ",
+    "clustering": "clustering: ",
+    "classification": "classification: ",
+}
+
+
+@dataclass(frozen=True)
+class AddOptions:
+    """What the user said on the command line; None leaves the choice to the files."""
+
+    model_id: str | None = None
+    tokenizer: Path | None = None
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    ctx_len: int | None = None
+
+
+def add_model(
+    path: Path,
+    models_dir: Path,
+    options: AddOptions | None = None,
+    report: Report = lambda _message: None,
+) -> list[ModelSettings]:
+    """Register what `path` holds; returns the settings of every model registered."""
+    options = options or AddOptions()
+    path = path.expanduser()
+    if not path.exists():
+        raise InvalidModelSettings(f"{path} does not exist")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return [add_gguf_file(path, models_dir, options)]
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return [add_onnx_file(path, models_dir, options)]
+    if path.is_dir() and (path / JAN_SETTINGS).is_file():
+        return [add_jan_model(path / JAN_SETTINGS, models_dir, options)]
+    if path.is_dir() and is_hf_folder(path):
+        return [add_hf_folder(path, models_dir, options, report)]
+    if path.is_dir():
+        found = sorted(path.rglob(JAN_SETTINGS))
+        if found:
+            return add_jan_data_folder(found, models_dir, options, report)
+    raise InvalidModelSettings(
+        f"{path.name}: not a model Ember can add (a .gguf or .onnx file, a Jan model or data "
+        "folder, or a Hugging Face folder with config.json and safetensors weights)"
+    )
+
+
+# --- GGUF files and Jan folders -------------------------------------------------------------
+
+
+def add_gguf_file(
+    gguf_path: Path,
+    models_dir: Path,
+    options: AddOptions,
+    *,
+    model_id: str | None = None,
+    jan: Mapping[str, Any] | None = None,
+) -> ModelSettings:
+    """Settings from the file's own metadata; Jan's model.yml and the options win over it."""
+    model_id = options.model_id or model_id or _safe_id(gguf_path.stem)
+    metadata = read_gguf_metadata(gguf_path)
+    architecture = str(metadata.get("general.architecture", ""))
+    pooling_code = metadata.get(f"{architecture}.pooling_type")
+    embedding = architecture in GGUF_ENCODERS or pooling_code in GGUF_POOLING
+    raw: dict[str, Any] = {
+        "id": model_id,
+        "engine": "gguf",
+        "embedding": embedding,
+        "model_file": gguf_path.name,
+        "tokenizer_file": None,
+        "ctx_len": min(
+            _positive_int(metadata, f"{architecture}.context_length", gguf_path), GGUF_CTX_CAP
+        ),
+        "pooling": GGUF_POOLING.get(int(pooling_code or 1), "mean"),
+        "normalize": True,
+        "dimensions": _positive_int(metadata, f"{architecture}.embedding_length", gguf_path),
+        "architecture": architecture,
+    }
+    if architecture.startswith("nomic-bert"):
+        raw["prompts"] = dict(NOMIC_PROMPTS)
+    if jan is not None:
+        raw.update(_jan_overrides(jan))
+    raw.update(_option_overrides(options))
+    settings = parse_settings(raw, model_id)
+    with _staged_folder(models_dir, settings.id) as staging:
+        _link_or_copy(gguf_path, staging / gguf_path.name)
+        write_settings(staging, settings)
+    return settings
+
+
+def add_jan_model(yml_path: Path, models_dir: Path, options: AddOptions) -> ModelSettings:
+    """One Jan model: its model.yml names the GGUF file and says whether it embeds."""
+    jan = read_jan_settings(yml_path)
+    gguf_path = _jan_weights(yml_path, jan)
+    return add_gguf_file(gguf_path, models_dir, options, model_id=_jan_id(yml_path, jan), jan=jan)
+
+
+def add_jan_data_folder(
+    yml_paths: list[Path], models_dir: Path, options: AddOptions, report: Report
+) -> list[ModelSettings]:
+    """Every model of a Jan data folder; chat models keep `"embedding": false`."""
+    if options.model_id is not None:
+        raise InvalidModelSettings("--id names one model; a Jan data folder holds several")
+    added: list[ModelSettings] = []
+    for yml_path in yml_paths:
+        try:
+            settings = add_jan_model(yml_path, models_dir, options)
+        except EmberError as exc:
+            report(f"skipped {yml_path.parent}: {exc.message}")
+            continue
+        kind = "embedding" if settings.embedding else "not embedding"
+        report(f"added {settings.id} ({kind})")
+        added.append(settings)
+    if not added:
+        raise InvalidModelSettings("no model of the Jan data folder could be added")
+    return added
+
+
+def read_jan_settings(yml_path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(yml_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InvalidModelSettings(f"cannot read {yml_path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise InvalidModelSettings(f"{yml_path} is not a mapping of settings")
+    return loaded
+
+
+def _jan_overrides(jan: Mapping[str, Any]) -> dict[str, Any]:
+    """Jan's keys that mean something here: embedding, ctx_len (0 = the model's), ngl."""
+    found: dict[str, Any] = {}
+    if isinstance(jan.get("embedding"), bool):
+        found["embedding"] = jan["embedding"]
+    ctx_len = jan.get("ctx_len")
+    if isinstance(ctx_len, int) and ctx_len > 0:
+        found["ctx_len"] = ctx_len
+    ngl = jan.get("ngl")
+    if isinstance(ngl, int) and ngl >= 0:
+        found["ngl"] = ngl
+    if isinstance(jan.get("name"), str):
+        found["name"] = jan["name"]
+    return found
+
+
+def _jan_weights(yml_path: Path, jan: Mapping[str, Any]) -> Path:
+    """The GGUF file a model.yml names.
+
+    Jan writes `model_path` relative to its data folder (or absolute, for files imported in
+    place); Cortex-era files list `files`. Relative paths are tried against each folder
+    above the model.yml, so the data folder's location need not be known.
+    """
+    named = [jan.get("model_path"), *(jan.get("files") or [])]
+    for name in (str(item) for item in named if item):
+        candidate = Path(name.removeprefix("file://")).expanduser()
+        if candidate.is_absolute():
+            if candidate.is_file():
+                return candidate
+            continue
+        for base in (yml_path.parent, *yml_path.parent.parents):
+            if (base / candidate).is_file():
+                return base / candidate
+    local = sorted(path for path in yml_path.parent.glob("*.gguf") if "mmproj" not in path.name)
+    if len(local) == 1:
+        return local[0]
+    raise InvalidModelSettings(f"{yml_path}: cannot find the model's .gguf file")
+
+
+def _jan_id(yml_path: Path, jan: Mapping[str, Any]) -> str:
+    """Jan's own model id, so clients keep the name they used with Jan.
+
+    Cortex-era files say it in `model`; Jan's llama.cpp extension names a model by its
+    folder under `llamacpp/models/` (such ids may contain slashes).
+    """
+    if isinstance(jan.get("model"), str) and jan["model"]:
+        return str(jan["model"])
+    parts = yml_path.parent.parts
+    if "models" in parts:
+        last = len(parts) - 1 - parts[::-1].index("models")
+        relative = "/".join(parts[last + 1 :])
+        if relative:
+            return relative
+    return yml_path.parent.name
+
+
+# --- Hugging Face folders and ONNX files ----------------------------------------------------
+
+
+def add_hf_folder(
+    folder: Path, models_dir: Path, options: AddOptions, report: Report
+) -> ModelSettings:
+    """Copy the folder in (hard links where possible), then build its ONNX graph."""
+    if options.pooling is not None or options.normalize is not None:
+        raise InvalidModelSettings(
+            "--pooling and --no-normalize apply to ONNX and GGUF files; a Hugging Face folder "
+            "says how to pool in its modules.json"
+        )
+    model_id = options.model_id or _safe_id(folder.name)
+    overrides = {"ctx_len": options.ctx_len} if options.ctx_len else {}
+    with _staged_folder(models_dir, model_id) as staging:
+        shutil.copytree(folder, staging, dirs_exist_ok=True, copy_function=_link_or_copy)
+        (staging / SETTINGS_FILE).unlink(missing_ok=True)
+        report(f"building the ONNX graph of {model_id}…")
+        return register_hf_folder(staging, model_id, overrides)
+
+
+def add_onnx_file(onnx_path: Path, models_dir: Path, options: AddOptions) -> ModelSettings:
+    """An ONNX graph plus its tokenizer; the vector width is found by running it once."""
+    if options.tokenizer is None:
+        raise InvalidModelSettings(
+            f"{onnx_path.name}: an ONNX file needs its tokenizer: --tokenizer tokenizer.json "
+            "(or a folder holding it, or a BERT vocab.txt)"
+        )
+    model_id = options.model_id or _safe_id(onnx_path.stem)
+    with _staged_folder(models_dir, model_id) as staging:
+        _link_or_copy(onnx_path, staging / onnx_path.name)
+        tokenizer_source = _place_tokenizer(options.tokenizer, staging / TOKENIZER_FILE)
+        raw: dict[str, Any] = {
+            "id": model_id,
+            "engine": "onnx",
+            "model_file": onnx_path.name,
+            "tokenizer_file": TOKENIZER_FILE,
+            "ctx_len": options.ctx_len or _tokenizer_limit(tokenizer_source) or 512,
+            "pooling": options.pooling or "mean",
+            "normalize": True if options.normalize is None else options.normalize,
+            "dimensions": 1,
+        }
+        probe = parse_settings(raw, model_id)
+        settings = parse_settings({**raw, "dimensions": _probe_width(staging, probe)}, model_id)
+        write_settings(staging, settings)
+    return settings
+
+
+def _place_tokenizer(given: Path, target: Path) -> Path:
+    """Copy tokenizer.json in, or build one from a BERT vocab.txt; returns the source file."""
+    source = given / TOKENIZER_FILE if given.is_dir() else given
+    if source.is_file() and source.name.endswith(".json"):
+        shutil.copy2(source, target)
+        return source
+    vocab = given / "vocab.txt" if given.is_dir() else given
+    if vocab.is_file() and vocab.suffix == ".txt":
+        from tokenizers import BertWordPieceTokenizer
+
+        BertWordPieceTokenizer(str(vocab), lowercase=True).save(str(target))
+        return vocab
+    raise InvalidModelSettings(f"{given}: no tokenizer.json or vocab.txt there")
+
+
+def _tokenizer_limit(source: Path) -> int | None:
+    """The length the tokenizer files say the model takes, if they say it."""
+    candidates: list[tuple[Path, str]] = [
+        (source.parent / "sentence_bert_config.json", "max_seq_length"),
+        (source.parent / "tokenizer_config.json", "model_max_length"),
+    ]
+    if source.suffix == ".json":
+        truncation = _read_json(source).get("truncation") or {}
+        if isinstance(truncation.get("max_length"), int):
+            return int(truncation["max_length"])
+    for path, key in candidates:
+        value = _read_json(path).get(key) if path.is_file() else None
+        if isinstance(value, int) and 0 < value <= 1_000_000:
+            return value
+    return None
+
+
+def _probe_width(folder: Path, settings: ModelSettings) -> int:
+    """Embed one short text to learn the vector width the graph really produces."""
+    from ember.engines.base import TokenBatch
+    from ember.engines.onnx import OnnxEngine
+    from ember.models.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(folder / TOKENIZER_FILE, settings.ctx_len)
+    engine = OnnxEngine(
+        folder / settings.model_file,
+        pooling=settings.pooling,
+        normalize_output=settings.normalize,
+        threads=1,
+    )
+    try:
+        vectors = engine.embed(TokenBatch(tokenizer.encode(["hello world"])))
+    except Exception as exc:  # ORT raises untyped errors for graphs it cannot run
+        raise InvalidModelSettings(f"{settings.model_file} does not run: {exc}") from exc
+    finally:
+        engine.close()
+    if vectors.ndim != 2 or vectors.shape[1] < 1:
+        raise InvalidModelSettings(f"{settings.model_file} returns shape {vectors.shape}")
+    return int(vectors.shape[1])
+
+
+# --- GGUF metadata --------------------------------------------------------------------------
+
+_SCALARS: dict[int, str] = {
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+    12: "<d",
+}  # fmt: skip
+_STRING, _ARRAY = 8, 9
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """The key-value header of a GGUF file (arrays such as the vocabulary are skipped).
+
+    Read directly, so registering needs neither llama.cpp nor the `gguf` package.
+    """
+    try:
+        with path.open("rb") as stream:
+            magic, version = struct.unpack("<4sI", stream.read(8))
+            if magic != b"GGUF":
+                raise InvalidModelSettings(f"{path.name} is not a GGUF file")
+            if version < 2:
+                raise InvalidModelSettings(f"{path.name}: GGUF version {version} is too old")
+            _tensors, count = struct.unpack("<QQ", stream.read(16))
+            metadata: dict[str, Any] = {}
+            for _ in range(count):
+                key = _read_string(stream)
+                (value_type,) = struct.unpack("<I", stream.read(4))
+                metadata[key] = _read_value(stream, value_type)
+            return metadata
+    except (OSError, struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidModelSettings(f"cannot read the GGUF header of {path.name}: {exc}") from exc
+
+
+def _read_value(stream: BinaryIO, value_type: int) -> Any:
+    if value_type in _SCALARS:
+        fmt = _SCALARS[value_type]
+        return struct.unpack(fmt, stream.read(struct.calcsize(fmt)))[0]
+    if value_type == _STRING:
+        return _read_string(stream)
+    if value_type == _ARRAY:
+        item_type, length = struct.unpack("<IQ", stream.read(12))
+        if item_type in _SCALARS:
+            stream.seek(length * struct.calcsize(_SCALARS[item_type]), os.SEEK_CUR)
+        else:
+            for _ in range(length):
+                _read_value(stream, item_type)
+        return None
+    raise ValueError(f"unknown GGUF value type {value_type}")
+
+
+def _read_string(stream: IO[bytes]) -> str:
+    (length,) = struct.unpack("<Q", stream.read(8))
+    return stream.read(length).decode("utf-8")
+
+
+def _positive_int(metadata: Mapping[str, Any], key: str, path: Path) -> int:
+    value = metadata.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidModelSettings(f"{path.name}: the GGUF header has no {key}")
+    return value
+
+
+# --- Shared ---------------------------------------------------------------------------------
+
+
+def _option_overrides(options: AddOptions) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if options.pooling is not None:
+        found["pooling"] = options.pooling
+    if options.normalize is not None:
+        found["normalize"] = options.normalize
+    if options.ctx_len is not None:
+        found["ctx_len"] = options.ctx_len
+    return found
+
+
+def folder_name(model_id: str) -> str:
+    """The folder of a model id: ids may hold slashes (Jan's do), folders may not."""
+    return model_id.replace("/", "--")
+
+
+def _safe_id(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return cleaned or "model"
+
+
+@contextmanager
+def _staged_folder(models_dir: Path, model_id: str) -> Iterator[Path]:
+    """A hidden folder that becomes `models_dir/<folder>` only when the block succeeds."""
+    target = models_dir / folder_name(model_id)
+    if target.exists():
+        raise InvalidModelSettings(
+            f"a model '{model_id}' is already registered at {target}; "
+            "remove it first or choose another --id",
+            model_id,
+        )
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".add-{folder_name(model_id)}-"))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; model folders are not secret
+        yield staging
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Hard-link large weights instead of copying them; copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
