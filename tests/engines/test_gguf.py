@@ -4,6 +4,7 @@ server end to end, and a clean 501 when the optional runtime is missing."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,6 +84,12 @@ def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyGguf]:
 
 @pytest.fixture(scope="module")
 def llama_cpp() -> Any:
+    """llama.cpp, or a skip on installs without the extra; CI sets EMBER_REQUIRE_GGUF=1 so a
+    missing extra fails there instead of skipping silently."""
+    if os.environ.get("EMBER_REQUIRE_GGUF") == "1":
+        import llama_cpp
+
+        return llama_cpp
     return pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is absent")
 
 
