@@ -44,6 +44,12 @@ class ServerSettings(BaseSettings):
     max_queued_inputs: int = Field(
         default=100_000, ge=1, description="Inputs waiting per model before 429."
     )
+    max_request_memory_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="Memory one request may need (its vectors, response and token ids, "
+        "estimated before any work); larger requests are refused.",
+    )
     request_timeout: float = Field(
         default=600.0, gt=0, description="Seconds before a request is abandoned with 503."
     )

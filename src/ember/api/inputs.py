@@ -10,17 +10,18 @@ from ember.api.token_ids import Cl100k, TokenIdsMode, is_cl100k
 from ember.engines.base import TokenIds
 from ember.errors import ContextLengthExceeded, InvalidRequest, LimitExceeded
 from ember.models.loader import LoadedModel
-from ember.models.settings import ModelSettings
+from ember.models.prompts import prompt_for
 from ember.settings import ServerSettings
 
 # Below this many characters tokenising takes microseconds: cheaper than a thread hop.
 INLINE_TOKENIZE_CHARS = 2048
 
-# Generic names clients send, and the prompt names models commonly use for them.
-PROMPT_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "query": ("query", "search_query", "retrieval.query"),
-    "document": ("document", "search_document", "passage", "retrieval.passage"),
-}
+
+# A request's peak memory, per vector value: the float32 result, a copy when shortened, and
+# its JSON text (a float32 prints in at most 16 characters; base64 takes 5.4 bytes). Per token:
+# the int64 id in the request's sequences, and again in its engine batch.
+BYTES_PER_VECTOR_VALUE = 4 + 4 + 16
+BYTES_PER_TOKEN = 8 + 8
 
 
 @dataclass(frozen=True)
@@ -43,24 +44,6 @@ def split_input(raw: EmbeddingInput) -> list[str] | list[list[int]]:
     return raw
 
 
-def prompt_for(settings: ModelSettings, input_type: str | None) -> str:
-    """The prefix to put before each text: the named prompt, else the model's default."""
-    if input_type is None:
-        return settings.prompts.get(settings.default_prompt or "", "")
-    if input_type in settings.prompts:
-        return settings.prompts[input_type]
-    for name in PROMPT_SYNONYMS.get(input_type, ()):
-        if name in settings.prompts:
-            return settings.prompts[name]
-    if input_type in PROMPT_SYNONYMS and not settings.prompts:
-        return ""  # a model without prompts embeds queries and documents alike
-    known = ", ".join(sorted(settings.prompts)) or "none"
-    raise InvalidRequest(
-        f"Unknown input_type '{input_type}' for model '{settings.id}'; its prompts: {known}.",
-        param="input_type",
-    )
-
-
 async def prepare_inputs(
     raw: EmbeddingInput,
     model: LoadedModel,
@@ -79,6 +62,7 @@ async def prepare_inputs(
             "(raise it with EMBER_MAX_INPUTS_PER_REQUEST).",
             param="input",
         )
+    _check_memory(len(items), 0, model.settings.dimensions, limits)
     retokenized_from = None
     if not isinstance(items[0], str):
         arrays: list[list[int]] = items
@@ -105,7 +89,28 @@ async def prepare_inputs(
             "(raise it with EMBER_MAX_TOKENS_PER_REQUEST, or split the request).",
             param="input",
         )
+    _check_memory(len(sequences), total, model.settings.dimensions, limits)
     return PreparedInputs(sequences, total, retokenized_from)
+
+
+def _check_memory(inputs: int, tokens: int, dimensions: int, limits: ServerSettings) -> None:
+    """Refuse, before any work, a request whose estimated peak memory exceeds the limit.
+
+    Engine batches are bounded by the model's ubatch_size, so what grows with the request is
+    its vectors and token ids; called first with the vectors alone, then with the tokens.
+    """
+    needed = inputs * dimensions * BYTES_PER_VECTOR_VALUE + tokens * BYTES_PER_TOKEN
+    allowed = limits.max_request_memory_mb * 1024 * 1024
+    if needed > allowed:
+        parts = f"{inputs} vectors of {dimensions} values" + (
+            f", {tokens} tokens" if tokens else ""
+        )
+        raise LimitExceeded(
+            f"This request would need about {needed / 2**20:.1f} MB of memory ({parts}); at "
+            f"most {limits.max_request_memory_mb} MB per request (raise it with "
+            "EMBER_MAX_REQUEST_MEMORY_MB, or split the request).",
+            param="input",
+        )
 
 
 def _check_not_empty(arrays: list[list[int]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ember import __version__
+from ember.cli.embed import embed
 from ember.cli.models import models
 from ember.cli.serve import serve
 
@@ -22,3 +23,4 @@ def version() -> None:
 
 main.add_command(serve)
 main.add_command(models)
+main.add_command(embed)

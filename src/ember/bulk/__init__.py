@@ -1,0 +1,1 @@
+"""Bulk embedding of files in-process: stream rows, embed in token-budget batches, checkpoint."""

@@ -1,0 +1,254 @@
+"""Input readers: rows of text (and ids) streamed from txt, JSONL, CSV or Parquet files.
+
+A row is what gets a row index, and so a place in the output:
+- txt: every line, blank ones included, so output row i is always line i + 1.
+- JSONL: every non-blank line (a blank line is no record).
+- CSV: every record after the header (blank lines are no records, as in `csv.DictReader`).
+- Parquet: every row.
+A row with no text (blank line, empty or null value) keeps its place and gets no vector.
+Each reader counts its rows by the same rule it reads them, so the count is exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from ember.bulk.errors import InputUnreadable
+from ember.bulk.formats import InputFormat, require_pyarrow
+
+RowId = str | int | None
+
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: its text ("" when it has none) and its id when the input has ids."""
+
+    text: str
+    id: RowId = None
+
+
+class Reader(Protocol):
+    """A file of rows that can be counted quickly and read from any row on."""
+
+    @property
+    def has_ids(self) -> bool: ...
+
+    def count(self) -> int: ...
+
+    def rows(self, skip: int = 0) -> Iterator[Row]: ...
+
+
+def open_reader(path: Path, input_format: InputFormat, column: str) -> Reader:
+    """The reader for `path`; checks the header or schema now, so mistakes surface early."""
+    if input_format == "txt":
+        return TextReader(path)
+    if input_format == "jsonl":
+        return JsonLinesReader(path, column)
+    if input_format == "csv":
+        return CsvReader(path, column)
+    return ParquetReader(path, column)
+
+
+class TextReader:
+    """One text per line, UTF-8; line endings (LF or CRLF) and a leading BOM are dropped."""
+
+    has_ids = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def count(self) -> int:
+        """Newlines, plus one for a last line without one: counted in blocks, not lines."""
+        lines, last = 0, b"\n"
+        with self.path.open("rb") as stream:
+            while block := stream.read(_BLOCK):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        return lines + (last != b"\n")
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        with self.path.open("rb") as stream:
+            for number, raw in enumerate(islice(stream, skip, None), start=skip + 1):
+                text = _decoded(_without_newline(raw), number)
+                yield Row(text.removeprefix("\ufeff") if number == 1 else text)
+
+
+class JsonLinesReader:
+    """One JSON object per line; the text under `column`, an `id` kept when the first has one."""
+
+    def __init__(self, path: Path, column: str) -> None:
+        self.path = path
+        self.column = column
+        first = next(self._records(), None)
+        self.has_ids = first is not None and "id" in first[1]
+        if first is not None and column not in first[1]:
+            raise _no_column(column, first[1], f"line {first[0]}")
+
+    def count(self) -> int:
+        return sum(1 for _ in self._lines())
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        for number, record in islice(self._records(), skip, None):
+            if self.column not in record:
+                raise _no_column(self.column, record, f"line {number}")
+            text = _text_value(record[self.column], f"line {number}")
+            yield Row(text, _id_value(record.get("id")) if self.has_ids else None)
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        with self.path.open("rb") as stream:
+            for number, raw in enumerate(stream, start=1):
+                if raw.strip():
+                    yield number, raw
+
+    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        for number, raw in self._lines():
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InputUnreadable(f"{self.path.name} line {number}: not JSON ({exc})") from exc
+            if not isinstance(record, dict):
+                raise InputUnreadable(f"{self.path.name} line {number}: not a JSON object")
+            yield number, record
+
+
+class CsvReader:
+    """A header row, then records; the text in `column`, an `id` column kept if there is one."""
+
+    def __init__(self, path: Path, column: str) -> None:
+        self.path = path
+        self.column = column
+        # The csv module's default field limit (128 KiB) would reject long documents;
+        # the limit is process-wide, which is fine for a command-line run.
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        with self._open() as stream:
+            header = next(csv.reader(stream), None)
+        if header is None:
+            raise InputUnreadable(f"{path.name} is empty: a CSV input needs a header row")
+        if column not in header:
+            raise _no_column(column, dict.fromkeys(header), "the header")
+        self._text_at = header.index(column)
+        self._id_at = header.index("id") if "id" in header else None
+        self.has_ids = self._id_at is not None
+
+    def count(self) -> int:
+        return sum(1 for _ in self._records())
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        for record in islice(self._records(), skip, None):
+            text = record[self._text_at] if self._text_at < len(record) else ""
+            row_id = None
+            if self._id_at is not None and self._id_at < len(record):
+                row_id = record[self._id_at]
+            yield Row(text, row_id)
+
+    def _open(self) -> Any:
+        return self.path.open(newline="", encoding="utf-8-sig")
+
+    def _records(self) -> Iterator[list[str]]:
+        with self._open() as stream:
+            reader = csv.reader(stream)
+            try:
+                next(reader, None)
+                for record in reader:
+                    if record:
+                        yield record
+            except (csv.Error, UnicodeDecodeError) as exc:
+                line = reader.line_num
+                raise InputUnreadable(f"{self.path.name} line {line}: {exc}") from exc
+
+
+class ParquetReader:
+    """A string column of a Parquet file, read a batch at a time; `id` kept if there is one."""
+
+    def __init__(self, path: Path, column: str, batch_rows: int = 4096) -> None:
+        pyarrow, parquet = require_pyarrow()
+        self.path = path
+        self.column = column
+        self.batch_rows = batch_rows
+        with parquet.ParquetFile(path) as source:
+            schema = source.schema_arrow
+            self._rows = int(source.metadata.num_rows)
+            self._group_rows = [
+                int(source.metadata.row_group(group).num_rows)
+                for group in range(source.num_row_groups)
+            ]
+        if column not in schema.names:
+            raise _no_column(column, dict.fromkeys(schema.names), "the schema")
+        kind = schema.field(column).type
+        types = pyarrow.types
+        if not (types.is_string(kind) or types.is_large_string(kind)):
+            raise InputUnreadable(f"{path.name}: column '{column}' holds {kind}, not strings")
+        self.has_ids = "id" in schema.names and column != "id"
+
+    def count(self) -> int:
+        return self._rows
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        _, parquet = require_pyarrow()
+        first_group, skip_in_group = 0, skip
+        while (
+            first_group < len(self._group_rows) and skip_in_group >= self._group_rows[first_group]
+        ):
+            skip_in_group -= self._group_rows[first_group]
+            first_group += 1
+        columns = [self.column, "id"] if self.has_ids else [self.column]
+        groups = list(range(first_group, len(self._group_rows)))
+        if not groups:
+            return
+        with parquet.ParquetFile(self.path) as source:
+            batches = source.iter_batches(
+                batch_size=self.batch_rows, row_groups=groups, columns=columns
+            )
+            for batch in batches:
+                texts = batch.column(0).to_pylist()
+                ids = batch.column(1).to_pylist() if self.has_ids else [None] * len(texts)
+                for text, row_id in zip(texts[skip_in_group:], ids[skip_in_group:], strict=True):
+                    yield Row(text or "", _id_value(row_id) if self.has_ids else None)
+                skip_in_group = max(0, skip_in_group - len(texts))
+
+
+def _without_newline(raw: bytes) -> bytes:
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    return raw[:-1] if raw.endswith(b"\r") else raw
+
+
+def _decoded(raw: bytes, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputUnreadable(f"line {line} is not UTF-8 ({exc.reason})") from exc
+
+
+def _text_value(value: object, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputUnreadable(f"{where}: the text is {type(value).__name__}, not a string")
+    return value
+
+
+def _id_value(value: object) -> RowId:
+    """Ids stay strings or integers (what JSON and Parquet ids usually are); others turn to text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value)
+
+
+def _no_column(column: str, found: dict[str, Any], where: str) -> InputUnreadable:
+    names = ", ".join(repr(name) for name in found) or "none"
+    return InputUnreadable(
+        f"No '{column}' field in {where} (fields: {names}); choose one with --column."
+    )

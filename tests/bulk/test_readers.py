@@ -1,0 +1,141 @@
+"""Input readers: what counts as a row in each format, counting by the reading rule, resuming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ember.bulk.errors import InputUnreadable
+from ember.bulk.formats import input_format_for, output_format_for
+from ember.bulk.readers import Row, open_reader
+
+
+def texts_and_ids(rows: list[Row]) -> list[tuple[str, object]]:
+    return [(row.text, row.id) for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xef\xbb\xbfalpha\n\nbeta\r\ngamma", ["alpha", "", "beta", "gamma"]),
+        (b"alpha\nbeta\n", ["alpha", "beta"]),
+        (b"\n\n", ["", ""]),
+        (b"", []),
+        (b"caf\xc3\xa9 \xe2\x80\x94 na\xc3\xafve\r\n", ["café — naïve"]),
+    ],
+)
+def test_text_rows_are_lines_blank_ones_included(
+    tmp_path: Path, content: bytes, expected: list[str]
+) -> None:
+    path = tmp_path / "input.txt"
+    path.write_bytes(content)
+    reader = open_reader(path, "txt", "text")
+    assert [row.text for row in reader.rows()] == expected
+    assert reader.count() == len(expected)
+    assert not reader.has_ids
+
+
+def test_text_rows_resume_after_skipped_rows(tmp_path: Path) -> None:
+    path = tmp_path / "input.txt"
+    path.write_text("".join(f"line {number}\n" for number in range(10)))
+    assert [row.text for row in open_reader(path, "txt", "text").rows(skip=7)] == [
+        "line 7",
+        "line 8",
+        "line 9",
+    ]
+
+
+def test_text_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "input.txt"
+    path.write_bytes(b"fine\nbad \xff byte\n")
+    with pytest.raises(InputUnreadable, match="line 2 is not UTF-8"):
+        list(open_reader(path, "txt", "text").rows())
+
+
+def test_jsonl_rows_skip_blank_lines_and_keep_ids(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_text(
+        '{"id": 7, "body": "first"}\n\n   \n{"id": "x-2", "body": null}\n{"body": "third"}\n'
+    )
+    reader = open_reader(path, "jsonl", "body")
+    assert reader.has_ids
+    assert reader.count() == 3
+    assert texts_and_ids(list(reader.rows())) == [("first", 7), ("", "x-2"), ("third", None)]
+    assert texts_and_ids(list(reader.rows(skip=2))) == [("third", None)]
+
+
+def test_jsonl_without_the_column_says_which_fields_exist(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_text('{"id": 1, "body": "x"}\n')
+    with pytest.raises(
+        InputUnreadable, match=r"No 'text' field in line 1 \(fields: 'id', 'body'\)"
+    ):
+        open_reader(path, "jsonl", "text")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("[1, 2]", "not a JSON object"), ("{oops", "not JSON"), ('{"text": 5}', "int, not a string")],
+)
+def test_jsonl_bad_rows_name_their_line(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(InputUnreadable, match=problem):
+        list(open_reader(path, "jsonl", "text").rows())
+
+
+def test_csv_rows_follow_the_header_and_allow_quoted_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "input.csv"
+    path.write_text('id,text,other\n1,plain,x\n\n2,"two\nlines, one field",y\n3,,z\n4\n')
+    reader = open_reader(path, "csv", "text")
+    assert reader.has_ids
+    assert reader.count() == 4
+    assert texts_and_ids(list(reader.rows())) == [
+        ("plain", "1"),
+        ("two\nlines, one field", "2"),
+        ("", "3"),
+        ("", "4"),
+    ]
+    assert texts_and_ids(list(reader.rows(skip=3))) == [("", "4")]
+
+
+def test_csv_without_the_column_lists_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "input.csv"
+    path.write_text("title,body\na,b\n")
+    with pytest.raises(InputUnreadable, match="fields: 'title', 'body'"):
+        open_reader(path, "csv", "text")
+
+
+def test_parquet_rows_resume_across_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "input.parquet"
+    table = pa.table(
+        {"id": list(range(10)), "text": [f"row {n}" if n != 4 else None for n in range(10)]}
+    )
+    pq.write_table(table, path, row_group_size=3)
+    reader = open_reader(path, "parquet", "text")
+    assert reader.has_ids
+    assert reader.count() == 10
+    rows = texts_and_ids(list(reader.rows()))
+    assert rows[3:6] == [("row 3", 3), ("", 4), ("row 5", 5)]
+    for skip in range(11):
+        assert texts_and_ids(list(reader.rows(skip=skip))) == rows[skip:]
+
+
+def test_parquet_column_must_hold_strings(tmp_path: Path) -> None:
+    path = tmp_path / "input.parquet"
+    pq.write_table(pa.table({"text": [1, 2]}), path)
+    with pytest.raises(InputUnreadable, match="holds int64, not strings"):
+        open_reader(path, "parquet", "text")
+
+
+def test_formats_follow_suffixes() -> None:
+    assert input_format_for(Path("a.JSONL")) == "jsonl"
+    assert input_format_for(Path("a.csv")) == "csv"
+    assert input_format_for(Path("a.pq")) == "parquet"
+    assert input_format_for(Path("notes.md")) == "txt"
+    assert output_format_for(Path("v.npy")) == "npy"
+    assert output_format_for(Path("v.parquet")) == "parquet"
+    assert output_format_for(Path("v.bin")) is None
