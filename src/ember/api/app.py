@@ -17,6 +17,7 @@ from ember.api.metrics import Metrics
 from ember.api.observe import ObserveMiddleware
 from ember.api.protocol import EmbeddingRequest
 from ember.api.routes import protected, public
+from ember.api.shutdown import CutShortMiddleware
 from ember.api.state import AppState
 from ember.api.token_ids import Cl100k
 from ember.cache import EmbeddingCache
@@ -66,7 +67,7 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
     app.include_router(public)
     app.include_router(protected)
     _register_request_schema(app)
-    # Added innermost first: CORS, then trusted hosts, then observation around everything.
+    # Added innermost first: CORS, trusted hosts, shutdown answers, observation around all.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -77,6 +78,7 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
     hosts = allowed_hosts(settings.host, settings.allowed_hosts)
     if hosts is not None:
         app.add_middleware(TrustedHostMiddleware, hosts=hosts)
+    app.add_middleware(CutShortMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
 

@@ -91,6 +91,9 @@ async def _until_done_or_gone(
         done, _ = await asyncio.wait(
             {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
+    except asyncio.CancelledError:
+        work.cancel()  # the request itself was cancelled (shutdown): drop its queued work
+        raise
     finally:
         gone.cancel()
     if work in done:

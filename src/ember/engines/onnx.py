@@ -57,7 +57,9 @@ class OnnxEngine:
                 str(model_path), sess_options=options, providers=_providers(gpu_layers)
             )
         except Exception as exc:  # ORT raises its own untyped errors for bad files
-            raise ModelLoadFailed(f"cannot load {model_path.name}: {_first_line(exc)}") from exc
+            # ORT quotes the full path; name the file only, never where the data folder is.
+            reason = _first_line(exc).replace(str(model_path), model_path.name)
+            raise ModelLoadFailed(f"cannot load {model_path.name}: {reason}") from exc
         self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
         outputs = self._session.get_outputs()
         names = [output.name for output in outputs]

@@ -38,8 +38,14 @@ def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False
     tokenizer_path = folder / settings.tokenizer_file
     if not tokenizer_path.is_file():
         raise ModelLoadFailed(f"{settings.id}: tokenizer file is missing", settings.id)
-    tokenizer = TextTokenizer(tokenizer_path, settings.ctx_len)
-    engine = _start_engine(folder, settings, reloading=reloading)
+    try:
+        tokenizer = TextTokenizer(tokenizer_path, settings.ctx_len)
+        engine = _start_engine(folder, settings, reloading=reloading)
+    except ModelLoadFailed as exc:
+        if exc.model_id is not None:
+            raise
+        # Tokenizers and engines name the file that failed; say which model it belongs to.
+        raise ModelLoadFailed(f"{settings.id}: {exc.message}", settings.id) from exc
     return LoadedModel(settings, tokenizer, engine, time.perf_counter() - started, folder)
 
 
@@ -53,7 +59,9 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
         return FakeEngine(settings.dimensions, options)
     model_path = folder / settings.model_file
     if not model_path.is_file():
-        raise ModelLoadFailed(f"{settings.id}: model file {settings.model_file} is missing")
+        raise ModelLoadFailed(
+            f"{settings.id}: model file {settings.model_file} is missing", settings.id
+        )
     if settings.engine == "onnx":
         from ember.engines.onnx import OnnxEngine
 

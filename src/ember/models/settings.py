@@ -126,3 +126,15 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename durable too: until the folder is synced, a power cut can undo it."""
+    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open a folder; its renames are durable
+        return
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -51,10 +51,13 @@ class ModelWorker:
 
     async def embed(self, sequences: Sequence[TokenIds]) -> Vectors:
         """Vectors for `sequences`, in order; cancelling the await drops the queued work."""
-        if self._pool.queued_items + len(sequences) > self._max_queued_items:
+        waiting = self._pool.queued_items
+        # An idle queue takes any request: one larger than the bound would otherwise get 429
+        # forever, and retrying it could never help.
+        if waiting and waiting + len(sequences) > self._max_queued_items:
             raise Overloaded(
                 f"The queue of model '{self.name}' is full "
-                f"({self._pool.queued_items} inputs waiting); retry shortly."
+                f"({waiting} inputs waiting); retry shortly."
             )
         job = EmbeddingJob(sequences, asyncio.get_running_loop().create_future())
         self._pool.add(job)

@@ -1,0 +1,145 @@
+"""`ember serve` asked to stop: stops accepting, finishes in-flight requests (bounded), exits 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.reliability.expect import assert_error, metric
+from tests.support.models import write_fake_model
+from tests.support.process import ember_process, wait_until_healthy
+from tests.support.server import free_port
+
+TEXTS = ["hello", "world", "python", "lazy dog", "quick fox", "brown dog"]
+
+
+def start_args(models_dir: Path, port: int) -> list[str]:
+    return ["serve", "--port", str(port), "--offline", "--models-dir", str(models_dir)]
+
+
+def send_all(base_url: str, texts: list[str]) -> tuple[list[threading.Thread], list[object]]:
+    """One request per text, each from its own thread; results land in the returned list."""
+    results: list[object] = [None] * len(texts)
+
+    def send(position: int) -> None:
+        try:
+            results[position] = httpx.post(
+                f"{base_url}/v1/embeddings",
+                json={"model": "slow", "input": texts[position]},
+                timeout=60,
+            )
+        except httpx.HTTPError as exc:
+            results[position] = exc
+
+    threads = [threading.Thread(target=send, args=(position,)) for position in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def all_received(base_url: str, count: int) -> bool:
+    """Every request is either in an engine batch or queued."""
+    started = metric(base_url, "ember_batch_sequences_sum")
+    waiting = metric(base_url, 'ember_queue_depth{model="slow"}')
+    return started + waiting == count
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    # One input per engine batch, 0.6 s each: six requests take about 3.6 s to drain.
+    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 0.6})
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {"EMBER_HOME": str(tmp_path / "home")}
+    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
+        wait_until_healthy(base_url, process, log)
+        threads, results = send_all(base_url, TEXTS)
+        wait_for(lambda: all_received(base_url, len(TEXTS)))
+
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: not accepts_connections(port), timeout=2)
+        assert process.poll() is None, "exited before finishing in-flight requests"
+        for thread in threads:
+            thread.join(timeout=30)
+        assert process.wait(timeout=20) == 0, log.read_text()
+
+    for text, response in zip(TEXTS, results, strict=True):
+        assert isinstance(response, httpx.Response), f"{text}: {response!r}"
+        assert response.status_code == 200, response.text
+        assert len(response.json()["data"][0]["embedding"]) == 8
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base_url}/health", timeout=2)
+    assert "Traceback" not in log.read_text()
+
+
+def test_sigint_with_requests_outlasting_the_grace_period_exits_0_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C, as SIGTERM: stop accepting, wait `shutdown_grace_seconds` at most, exit 0."""
+    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 0.5})
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {"EMBER_HOME": str(tmp_path / "home"), "EMBER_SHUTDOWN_GRACE_SECONDS": "1"}
+    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
+        wait_until_healthy(base_url, process, log)
+        threads, results = send_all(base_url, TEXTS * 3)  # about 9 s of work
+        wait_for(lambda: all_received(base_url, len(TEXTS) * 3))
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: not accepts_connections(port), timeout=2)
+        code = process.wait(timeout=20)
+        elapsed = time.monotonic() - stopped
+    for thread in threads:
+        thread.join(timeout=30)
+    assert code == 0, log.read_text()
+    # The grace period, plus the engine batch already running when it ended.
+    assert elapsed < 5, f"shutdown took {elapsed:.1f} s with a 1 s grace period"
+    responses = [result for result in results if isinstance(result, httpx.Response)]
+    assert len(responses) == len(results), results  # every client got an answer
+    assert any(response.status_code == 200 for response in responses)
+    for response in responses:
+        if response.status_code != 200:
+            error = assert_error(response, 503, "shutting_down")
+            assert response.headers["Retry-After"]
+            assert "shutting down" in error["message"]
+
+
+def test_server_that_cannot_bind_exits_non_zero(tmp_path: Path) -> None:
+    """Exit 0 means a clean stop; a failed start must not look like one."""
+    write_fake_model(tmp_path / "models", "slow")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "serve.log"
+        env = {"EMBER_HOME": str(tmp_path / "home")}
+        with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
+            try:
+                code = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the server kept running on a port it could not bind")
+    assert code != 0
