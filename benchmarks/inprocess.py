@@ -1,0 +1,81 @@
+"""Ember's ONNX engine called directly in this process: the floor the HTTP server adds to.
+
+Batches are formed as the server's scheduler forms them: texts sorted by length, each engine
+call filled until its padded size would pass the model's token budget (ubatch_size).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from systems import Burst, Memory, Vector
+from workloads import Workload
+
+from ember.engines.base import TokenBatch, TokenIds
+from ember.engines.onnx import OnnxEngine
+from ember.models.settings import read_settings
+from ember.models.tokenizer import TextTokenizer
+
+
+class EngineSystem:
+    """OnnxEngine plus TextTokenizer on one model folder; tokenising is not timed."""
+
+    def __init__(self, model_folder: Path, name: str = "Ember engine") -> None:
+        self.name = name
+        settings = read_settings(model_folder)
+        self._budget = settings.ubatch_size
+        self._tokenizer = TextTokenizer(model_folder / "tokenizer.json", settings.ctx_len)
+        self._engine = OnnxEngine(
+            model_folder / settings.model_file,
+            pooling=settings.pooling,
+            normalize_output=settings.normalize,
+        )
+        self._tokens: dict[str, list[TokenIds]] = {}
+
+    def _ids(self, workload: Workload) -> list[TokenIds]:
+        if workload.name not in self._tokens:
+            self._tokens[workload.name] = self._tokenizer.encode(list(workload.texts))
+        return self._tokens[workload.name]
+
+    def _plan(self, sequences: list[TokenIds]) -> list[TokenBatch]:
+        batches: list[TokenBatch] = []
+        current: list[TokenIds] = []
+        for sequence in sorted(sequences, key=len):
+            if current and len(sequence) * (len(current) + 1) > self._budget:
+                batches.append(TokenBatch(current))
+                current = []
+            current.append(sequence)
+        if current:
+            batches.append(TokenBatch(current))
+        return batches
+
+    def batch(self, workload: Workload) -> float:
+        plan = self._plan(self._ids(workload))
+        started = time.perf_counter()
+        for token_batch in plan:
+            self._engine.embed(token_batch)
+        return time.perf_counter() - started
+
+    def queries(self, workload: Workload, count: int) -> list[float]:
+        token_batch = TokenBatch(self._ids(workload))
+        latencies = []
+        for _ in range(count):
+            started = time.perf_counter()
+            self._engine.embed(token_batch)
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    def concurrent(self, workload: Workload) -> Burst | None:
+        return None
+
+    def first_vector(self, workload: Workload) -> Vector:
+        vectors = self._engine.embed(TokenBatch(self._ids(workload)[:1]))
+        return np.asarray(vectors[0], dtype=np.float32)
+
+    def memory(self) -> Memory | None:
+        return None  # shares this process with the benchmark itself
+
+    def close(self) -> None:
+        self._engine.close()

@@ -1,0 +1,111 @@
+"""The measurement loop: every workload, every system, alternating A B A B, then medians.
+
+Each workload first gets one untimed warm-up round per system (arenas, caches, connection
+pools). Then for each round every system runs once in turn, with a short pause between turns
+so one system's spinning threads do not steal the next one's cores.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from stats import median, percentile
+from systems import System
+from workloads import Workload
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long to measure: rounds per workload, queries per query round, pause per turn."""
+
+    rounds: int = 7
+    queries_per_round: int = 100
+    pause_seconds: float = 0.3
+
+
+@dataclass(frozen=True)
+class Round:
+    """One system's turn on one workload."""
+
+    seconds: float
+    latencies: list[float]
+    texts: int
+    tokens: int
+    client_cpu_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Medians over rounds (throughput) and percentiles over every request (latency)."""
+
+    tokens_per_second: float
+    texts_per_second: float
+    p50_seconds: float
+    p99_seconds: float
+    rounds: int
+    client_cpu_seconds: float | None
+
+
+@dataclass
+class Results:
+    """Rounds by workload name, then by system name, in the order they ran."""
+
+    rounds: dict[str, dict[str, list[Round]]] = field(default_factory=dict)
+
+    def add(self, workload: str, system: str, result: Round) -> None:
+        self.rounds.setdefault(workload, {}).setdefault(system, []).append(result)
+
+    def summary(self, workload: str, system: str) -> Summary | None:
+        rounds = self.rounds.get(workload, {}).get(system)
+        if not rounds:
+            return None
+        latencies = [latency for result in rounds for latency in result.latencies]
+        cpu = [result.client_cpu_seconds for result in rounds if result.client_cpu_seconds]
+        return Summary(
+            tokens_per_second=median([result.tokens / result.seconds for result in rounds]),
+            texts_per_second=median([result.texts / result.seconds for result in rounds]),
+            p50_seconds=percentile(latencies, 0.5),
+            p99_seconds=percentile(latencies, 0.99),
+            rounds=len(rounds),
+            client_cpu_seconds=median(cpu) if cpu else None,
+        )
+
+
+def one_round(system: System, workload: Workload, plan: Plan) -> Round | None:
+    """Run the workload once on the system; None when the system cannot run this kind."""
+    if workload.kind == "query":
+        latencies = system.queries(workload, plan.queries_per_round)
+        count = len(latencies)
+        return Round(sum(latencies), latencies, count, count * workload.total_tokens)
+    if workload.kind == "batch":
+        seconds = system.batch(workload)
+        return Round(seconds, [seconds], len(workload.texts), workload.total_tokens)
+    burst = system.concurrent(workload)
+    if burst is None:
+        return None
+    return Round(
+        burst.seconds,
+        burst.latencies,
+        len(workload.texts),
+        workload.total_tokens,
+        burst.client_cpu_seconds,
+    )
+
+
+def measure(systems: Sequence[System], workloads: Sequence[Workload], plan: Plan) -> Results:
+    results = Results()
+    for workload in workloads:
+        started = time.perf_counter()
+        able = [system for system in systems if one_round(system, workload, plan) is not None]
+        for _ in range(plan.rounds):
+            for system in able:
+                time.sleep(plan.pause_seconds)
+                result = one_round(system, workload, plan)
+                assert result is not None
+                results.add(workload.name, system.name, result)
+        took = time.perf_counter() - started
+        print(f"  {workload.title}: {len(able)} systems, {took:.1f} s", file=sys.stderr)
+    return results

@@ -1,0 +1,1 @@
+"""Peers Ember is measured against, each run in its own process."""

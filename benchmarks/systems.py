@@ -1,0 +1,162 @@
+"""The systems under test, behind one small interface: embed a workload once, report timings.
+
+HTTP systems (Ember, llama.cpp's server) are driven with httpx: a sync client for sequential
+requests and, for the concurrent workload, an AsyncClient on an event loop kept for the whole
+run so its connection pool stays warm between rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import orjson
+from workloads import Workload
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Resident set of a process: now, and the most it ever held."""
+
+    rss_bytes: int
+    hwm_bytes: int
+
+
+@dataclass(frozen=True)
+class Burst:
+    """One round of the concurrent workload: wall time and each client's latency."""
+
+    seconds: float
+    latencies: list[float]
+    client_cpu_seconds: float
+
+
+class System(Protocol):
+    """What the measurement loop needs of Ember or a peer."""
+
+    name: str
+
+    def batch(self, workload: Workload) -> float:
+        """Seconds to embed all of the workload's texts in one call or request."""
+        ...
+
+    def queries(self, workload: Workload, count: int) -> list[float]:
+        """Latency of each of `count` one-text calls on the workload's only text."""
+        ...
+
+    def concurrent(self, workload: Workload) -> Burst | None:
+        """Every text sent at once by its own client; None when the system has no server."""
+        ...
+
+    def first_vector(self, workload: Workload) -> Vector:
+        """The normalised vector of the workload's first text, to check systems agree."""
+        ...
+
+    def memory(self) -> Memory | None: ...
+
+    def close(self) -> None: ...
+
+
+class ResponseError(RuntimeError):
+    """A server answered, but not with the vectors asked for."""
+
+
+def decode_vectors(response: httpx.Response, expected: int) -> list[list[float]]:
+    """The embeddings of an OpenAI response, checked for count."""
+    if response.status_code != 200:
+        raise ResponseError(f"HTTP {response.status_code}: {response.text[:300]}")
+    data = orjson.loads(response.content)["data"]
+    if len(data) != expected:
+        raise ResponseError(f"asked for {expected} vectors, got {len(data)}")
+    return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
+
+
+def normalized(values: list[float]) -> Vector:
+    vector = np.asarray(values, dtype=np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+class HttpSystem:
+    """A server speaking the OpenAI embeddings API on loopback."""
+
+    def __init__(self, name: str, base_url: str, model: str, timeout: float = 300.0) -> None:
+        self.name = name
+        self._model = model
+        self._url = f"{base_url}/v1/embeddings"
+        self._client = httpx.Client(timeout=timeout)
+        self._loop = asyncio.new_event_loop()
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+        self._async_client = self._loop.run_until_complete(_make_async_client(limits, timeout))
+        self._memory_source: MemorySource | None = None
+
+    def watch_memory(self, source: MemorySource) -> None:
+        self._memory_source = source
+
+    def _body(self, texts: list[str] | str) -> bytes:
+        payload = {"model": self._model, "input": texts, "encoding_format": "float"}
+        return orjson.dumps(payload)
+
+    def _post(self, texts: list[str] | str, expected: int) -> list[list[float]]:
+        response = self._client.post(
+            self._url, content=self._body(texts), headers={"content-type": "application/json"}
+        )
+        return decode_vectors(response, expected)
+
+    def batch(self, workload: Workload) -> float:
+        body = list(workload.texts)
+        started = time.perf_counter()
+        self._post(body, len(body))
+        return time.perf_counter() - started
+
+    def queries(self, workload: Workload, count: int) -> list[float]:
+        (text,) = workload.texts
+        latencies = []
+        for _ in range(count):
+            started = time.perf_counter()
+            self._post(text, 1)
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    def concurrent(self, workload: Workload) -> Burst:
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        latencies = self._loop.run_until_complete(self._burst(list(workload.texts)))
+        seconds = time.perf_counter() - started
+        return Burst(seconds, latencies, time.process_time() - cpu_started)
+
+    async def _burst(self, texts: list[str]) -> list[float]:
+        async def one(text: str) -> float:
+            started = time.perf_counter()
+            response = await self._async_client.post(
+                self._url, content=self._body(text), headers={"content-type": "application/json"}
+            )
+            decode_vectors(response, 1)
+            return time.perf_counter() - started
+
+        return list(await asyncio.gather(*(one(text) for text in texts)))
+
+    def first_vector(self, workload: Workload) -> Vector:
+        return normalized(self._post([workload.texts[0]], 1)[0])
+
+    def memory(self) -> Memory | None:
+        return self._memory_source() if self._memory_source is not None else None
+
+    def close(self) -> None:
+        self._client.close()
+        self._loop.run_until_complete(self._async_client.aclose())
+        self._loop.close()
+
+
+class MemorySource(Protocol):
+    def __call__(self) -> Memory | None: ...
+
+
+async def _make_async_client(limits: httpx.Limits, timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(limits=limits, timeout=timeout)

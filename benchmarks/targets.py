@@ -1,0 +1,123 @@
+"""The issue's targets, checked against one run's figures (all through Ember's HTTP server)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cost import EncoderShape
+from measure import Results, Summary
+from stats import median
+from systems import Memory
+from workloads import Workload
+
+EMBER = "Ember"
+ENGINE = "Ember engine"
+ST = "sentence-transformers"
+LLAMA = "llama.cpp server"
+PEERS = (ST, LLAMA)
+MB = 1024 * 1024
+
+
+@dataclass
+class Extras:
+    """What the run measured besides the workloads."""
+
+    peak_flops: list[float] = field(default_factory=list)
+    cold_starts: dict[str, list[float]] = field(default_factory=dict)
+    memory_at_start: dict[str, Memory] = field(default_factory=dict)
+    memory_after: dict[str, Memory] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> float:
+        return max(self.peak_flops)
+
+
+def ratio(ember: Summary | None, peer: Summary | None, kind: str) -> float | None:
+    """Ember's advantage: p50 over p50 for a single query, tokens/s over tokens/s otherwise."""
+    if ember is None or peer is None:
+        return None
+    if kind == "query":
+        return peer.p50_seconds / ember.p50_seconds
+    return ember.tokens_per_second / peer.tokens_per_second
+
+
+def _row(name: str, value: float | None, shown: str, met: bool) -> list[str]:
+    if value is None:
+        return [name, "not measured", "n/a"]
+    return [name, shown, "yes" if met else "NO"]
+
+
+def target_rows(
+    results: Results, extras: Extras, shape: EncoderShape, workloads: Sequence[Workload]
+) -> list[list[str]]:
+    def ember(workload: str, system: str = EMBER) -> Summary | None:
+        return results.summary(workload, system)
+
+    rows = []
+    for workload in ("sentences", "passages", "mixed"):
+        value = ratio(ember(workload), ember(workload, ST), "batch")
+        rows.append(
+            _row(
+                f"{workload}: >= 1.6x sentence-transformers",
+                value,
+                f"{value or 0:.2f}x",
+                (value or 0) >= 1.6,
+            )
+        )
+    for workload, floor in (("passages", 3.0), ("sentences", 4.0)):
+        value = ratio(ember(workload), ember(workload, LLAMA), "batch")
+        rows.append(
+            _row(
+                f"{workload}: >= {floor:.0f}x llama.cpp server",
+                value,
+                f"{value or 0:.2f}x",
+                (value or 0) >= floor,
+            )
+        )
+    passages = ember("passages")
+    by_name = {workload.name: workload for workload in workloads}
+    share = None
+    if passages is not None and "passages" in by_name:
+        tokens = by_name["passages"].tokens
+        share = passages.tokens_per_second * shape.flops(tokens) / sum(tokens) / extras.peak
+    rows.append(
+        _row("passages: >= 80% of fp32 peak", share, f"{share or 0:.0%}", (share or 0) >= 0.8)
+    )
+    mixed, control = ember("mixed"), ember("mixed_control")
+    value = mixed.tokens_per_second / control.tokens_per_second if mixed and control else None
+    rows.append(
+        _row(
+            "mixed lengths: >= 90% of same-length tokens/s",
+            value,
+            f"{value or 0:.0%}",
+            (value or 0) >= 0.9,
+        )
+    )
+    burst, single = ember("concurrent64"), ember("single64")
+    value = burst.texts_per_second / single.texts_per_second if burst and single else None
+    rows.append(
+        _row(
+            "64 clients: >= 70% of one 64-text request",
+            value,
+            f"{value or 0:.0%}",
+            (value or 0) >= 0.7,
+        )
+    )
+    query, engine = ember("query"), ember("query", ENGINE)
+    value = (query.p50_seconds - engine.p50_seconds) * 1000 if query and engine else None
+    rows.append(
+        _row(
+            "1 query: p50 <= engine p50 + 1 ms", value, f"+{value or 0:.2f} ms", (value or 0) <= 1.0
+        )
+    )
+    starts = extras.cold_starts.get(EMBER)
+    value = median(starts) if starts else None
+    rows.append(_row("cold start <= 1.5 s", value, f"{value or 0:.2f} s", (value or 0) <= 1.5))
+    memory = extras.memory_after.get(EMBER)
+    value = memory.rss_bytes / MB if memory else None
+    rows.append(
+        _row("RSS <= 400 MB (after the run)", value, f"{value or 0:.0f} MB", (value or 0) <= 400)
+    )
+    return rows
