@@ -90,25 +90,27 @@ def self_attention(
     scores = scores - scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs = probs / probs.sum(axis=-1, keepdims=True)
-    context = probs @ value
+    context: Array = probs @ value
     return context.transpose(0, 2, 1, 3).reshape(batch, seq_len, width)
 
 
 def linear(states: Array, params: Mapping[str, Array], name: str) -> Array:
     """torch.nn.Linear: weight is [out, in]."""
-    return states @ params[name + ".weight"].T + params[name + ".bias"]
+    product: Array = states @ params[name + ".weight"].T
+    return product + params[name + ".bias"]
 
 
 def layer_norm(states: Array, params: Mapping[str, Array], name: str, eps: float) -> Array:
-    mean = states.mean(axis=-1, keepdims=True)
-    variance = ((states - mean) ** 2).mean(axis=-1, keepdims=True)
+    mean: Array = states.mean(axis=-1, keepdims=True)
+    variance: Array = ((states - mean) ** 2).mean(axis=-1, keepdims=True)
     normed = (states - mean) / np.sqrt(variance + eps)
     return normed * params[name + ".weight"] + params[name + ".bias"]
 
 
 def activation(states: Array, name: str) -> Array:
     if name == "gelu":
-        return 0.5 * states * (1.0 + _erf(states / math.sqrt(2.0)))
+        erf: Array = _erf(states / math.sqrt(2.0))
+        return 0.5 * states * (1.0 + erf)
     if name in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
         inner = math.sqrt(2.0 / math.pi) * (states + 0.044715 * states**3)
         return 0.5 * states * (1.0 + np.tanh(inner))
@@ -121,7 +123,9 @@ def pool(hidden: Array, attention_mask: npt.NDArray[np.int64], pooling: str) -> 
     """sentence-transformers' Pooling: mean over real tokens, first token, or last real token."""
     if pooling == "mean":
         mask = attention_mask[:, :, None].astype(np.float64)
-        return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        summed: Array = (hidden * mask).sum(axis=1)
+        counts: Array = mask.sum(axis=1)
+        return summed / np.maximum(counts, 1e-9)
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "lasttoken":
@@ -135,7 +139,7 @@ def pool(hidden: Array, attention_mask: npt.NDArray[np.int64], pooling: str) -> 
 
 def l2_normalize(vectors: Array) -> Array:
     """torch.nn.functional.normalize: x / max(||x||, 1e-12)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms: Array = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
 
 
