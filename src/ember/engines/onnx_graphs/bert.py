@@ -39,8 +39,8 @@ _ACTIVATIONS: dict[str, Activation] = {
     "relu": "relu",
 }
 # Added to the scores of padded keys; exp() of it underflows to exactly 0 in float32.
-_MASK_FILTER_VALUE = -10000.0
-_QKV = ("query", "key", "value")
+MASK_FILTER_VALUE = -10000.0
+QKV_NAMES = ("query", "key", "value")
 # [batch, seq, heads, head] -> [batch, heads, seq, head], and back: the permutation is its inverse.
 _HEADS_FIRST = (0, 2, 1, 3)
 # [batch, seq, heads, head] -> [batch, heads, head, seq]: K already transposed for Q @ K^T.
@@ -130,7 +130,7 @@ def build_bert_graph(
     mask = builder.add_input("attention_mask", TensorProto.INT64, ["batch", "sequence"])
 
     def sentence_vectors(graph: GraphBuilder, ids: str, ids_mask: str) -> str:
-        encoder = _EncoderBuilder(graph, source, parsed, fused=fused)
+        encoder = EncoderBuilder(graph, source, parsed, fused=fused)
         hidden = encoder.embeddings(ids)
         attention_mask = encoder.attention_mask(ids_mask)
         for index in range(parsed.num_layers):
@@ -152,7 +152,7 @@ def build_bert_graph(
     return builder.build()
 
 
-class _EncoderBuilder:
+class EncoderBuilder:
     """Emits BertModel's embedding block and layers into one graph (or Loop body).
 
     Each tensor is looked up, and so checked, as its nodes are emitted. MPNet reuses the
@@ -191,7 +191,7 @@ class _EncoderBuilder:
             return builder.op("Cast", mask, to=TensorProto.INT32)
         as_float = builder.op("Cast", mask, to=TensorProto.FLOAT)
         inverted = builder.op("Sub", builder.float_scalar("one_f", 1.0), as_float)
-        bias = builder.op("Mul", inverted, builder.float_scalar("mask_filter", _MASK_FILTER_VALUE))
+        bias = builder.op("Mul", inverted, builder.float_scalar("mask_filter", MASK_FILTER_VALUE))
         return builder.op("Unsqueeze", bias, builder.int64s("axes_1_2", [1, 2]))
 
     def layer(self, index: int, hidden: str, attention_mask: str) -> str:
@@ -215,8 +215,8 @@ class _EncoderBuilder:
         """
         config, builder = self._config, self._builder
         size = config.hidden_size
-        weights = [self._source.get(f"{prefix}{part}.weight", (size, size)).T for part in _QKV]
-        biases = [self._source.get(f"{prefix}{part}.bias", (size,)) for part in _QKV]
+        weights = [self._source.get(f"{prefix}{part}.weight", (size, size)).T for part in QKV_NAMES]
+        biases = [self._source.get(f"{prefix}{part}.bias", (size,)) for part in QKV_NAMES]
         if self._fused:
             return builder.op(
                 "Attention",
@@ -226,7 +226,7 @@ class _EncoderBuilder:
                 attention_mask,
                 domain=MICROSOFT_DOMAIN,
                 num_heads=config.num_heads,
-                mask_filter_value=_MASK_FILTER_VALUE,
+                mask_filter_value=MASK_FILTER_VALUE,
             )
         scale = np.float32(1.0 / math.sqrt(config.head_size))
         weights[0], biases[0] = weights[0] * scale, biases[0] * scale
@@ -239,7 +239,7 @@ class _EncoderBuilder:
                 ),
                 perm=_HEADS_FIRST_KEYS_T if part == "key" else _HEADS_FIRST,
             )
-            for part, weight, bias in zip(_QKV, weights, biases, strict=True)
+            for part, weight, bias in zip(QKV_NAMES, weights, biases, strict=True)
         )
         scores = builder.op("Add", builder.op("MatMul", query, key), attention_mask)
         context = builder.op("MatMul", builder.op("Softmax", scores, axis=-1), value)
@@ -276,7 +276,7 @@ class _EncoderBuilder:
         weight = self._source.get(name + ".weight", shape)
         bias = self._source.get(name + ".bias", shape[:1])
         projected = self._linear(hidden, name, weight.T, bias)
-        return _activation(self._builder, projected, config.activation)
+        return activation(self._builder, projected, config.activation)
 
     def _linear(self, states: str, name: str, weight: FloatArray, bias: FloatArray) -> str:
         """states @ weight + bias, with `weight` already [in, out]."""
@@ -301,7 +301,7 @@ class _EncoderBuilder:
         )
 
 
-def _activation(builder: GraphBuilder, states: str, activation: Activation) -> str:
+def activation(builder: GraphBuilder, states: str, activation: Activation) -> str:
     """The FFN activation, in the forms ONNX Runtime fuses into BiasGelu and FastGelu."""
     if activation == "relu":
         return builder.op("Relu", states)
@@ -322,5 +322,3 @@ def _activation(builder: GraphBuilder, states: str, activation: Activation) -> s
 
 
 # Earlier names, still imported by the MPNet and Nomic-BERT builders.
-_pool = pool_tokens
-_l2_normalize = l2_normalize

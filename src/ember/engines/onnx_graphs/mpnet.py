@@ -13,16 +13,20 @@ import onnx
 from onnx import TensorProto
 
 from ember.engines.onnx_graphs.bert import (
-    _MASK_FILTER_VALUE,
-    _QKV,
+    MASK_FILTER_VALUE,
     OUTPUT_NAME,
+    QKV_NAMES,
     BertConfig,
+    EncoderBuilder,
     Pooling,
-    _EncoderBuilder,
-    _l2_normalize,
-    _pool,
 )
-from ember.engines.onnx_graphs.builder import MICROSOFT_DOMAIN, GraphBuilder, WeightSource
+from ember.engines.onnx_graphs.builder import (
+    MICROSOFT_DOMAIN,
+    GraphBuilder,
+    WeightSource,
+    l2_normalize,
+    pool_tokens,
+)
 
 # Hugging Face's MPNetEmbeddings fixes padding_idx at 1 whatever the config says: real tokens
 # take positions 2, 3, ... and the rows below are never used by them.
@@ -31,7 +35,7 @@ PADDING_IDX = 1
 RELATIVE_BUCKETS = 32
 RELATIVE_MAX_DISTANCE = 128
 
-# MPNet's tensor names -> the BERT names _EncoderBuilder reads; all other names are shared.
+# MPNet's tensor names -> the BERT names EncoderBuilder reads; all other names are shared.
 _BERT_NAMES = (
     (".attention.attn.q.", ".attention.self.query."),
     (".attention.attn.k.", ".attention.self.key."),
@@ -114,9 +118,9 @@ def build_mpnet_graph(
     attention_mask = layers.attention_mask(mask)
     for index in range(parsed.encoder.num_layers):
         hidden = layers.layer(index, hidden, attention_mask)
-    pooled = _pool(builder, hidden, mask, pooling)
+    pooled = pool_tokens(builder, hidden, mask, pooling)
     if normalize:
-        pooled = _l2_normalize(builder, pooled)
+        pooled = l2_normalize(builder, pooled)
     builder.op("Identity", pooled, output=OUTPUT_NAME)
     builder.add_output(OUTPUT_NAME, TensorProto.FLOAT, ["batch", parsed.encoder.hidden_size])
     return builder.build()
@@ -131,7 +135,7 @@ def _with_bert_names(weights: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.N
     return renamed
 
 
-class _MPNetEncoderBuilder(_EncoderBuilder):
+class _MPNetEncoderBuilder(EncoderBuilder):
     """BERT's encoder builder, with MPNet's embeddings and the relative bias in attention."""
 
     def __init__(
@@ -205,8 +209,8 @@ class _MPNetEncoderBuilder(_EncoderBuilder):
             return super()._self_attention(prefix, hidden, attention_mask)
         config, builder = self._config, self._builder
         size = config.hidden_size
-        weights = [self._source.get(f"{prefix}{part}.weight", (size, size)) for part in _QKV]
-        biases = [self._source.get(f"{prefix}{part}.bias", (size,)) for part in _QKV]
+        weights = [self._source.get(f"{prefix}{part}.weight", (size, size)) for part in QKV_NAMES]
+        biases = [self._source.get(f"{prefix}{part}.bias", (size,)) for part in QKV_NAMES]
         return builder.op(
             "Attention",
             hidden,
@@ -219,5 +223,5 @@ class _MPNetEncoderBuilder(_EncoderBuilder):
             self._position_bias,  # attention_bias: added to the scaled scores of every head
             domain=MICROSOFT_DOMAIN,
             num_heads=config.num_heads,
-            mask_filter_value=_MASK_FILTER_VALUE,
+            mask_filter_value=MASK_FILTER_VALUE,
         )

@@ -15,15 +15,15 @@ from onnx import TensorProto
 from ember.engines.onnx_graphs.bert import (
     OUTPUT_NAME,
     Pooling,
-    _activation,
-    _l2_normalize,
-    _pool,
+    activation,
 )
 from ember.engines.onnx_graphs.builder import (
     MICROSOFT_DOMAIN,
     FloatArray,
     GraphBuilder,
     WeightSource,
+    l2_normalize,
+    pool_tokens,
 )
 
 MlpKind = Literal["swiglu", "geglu", "glu", "gelu"]
@@ -52,7 +52,7 @@ _MLP_KINDS: dict[str, MlpKind] = {
 }
 # The gated MLP rounds its width up to a multiple of this (NomciBertGatedMLP, multiple_of=256).
 _GATED_WIDTH_MULTIPLE = 256
-_MASK_FILTER_VALUE = -10000.0
+MASK_FILTER_VALUE = -10000.0
 # Added (before the 1/sqrt(d) scale) to the scores of padded keys: exp() of it is exactly 0.
 _PADDED_KEY_SCORE = -1e6
 # Checkpoints saved from NomicBertForPreTraining prefix `bert.`; base_model_prefix is `model`.
@@ -230,15 +230,15 @@ def build_nomic_bert_graph(
     builder = GraphBuilder("nomic_bert_sentence_embedding")
     input_ids = builder.add_input("input_ids", TensorProto.INT64, ["batch", "sequence"])
     mask = builder.add_input("attention_mask", TensorProto.INT64, ["batch", "sequence"])
-    encoder = _EncoderBuilder(builder, source, parsed, fused=fused)
+    encoder = EncoderBuilder(builder, source, parsed, fused=fused)
     hidden = encoder.embeddings(input_ids)
     rotary = encoder.rotary_tables(input_ids, mask)
     padding = encoder.padding(mask)
     for index in range(parsed.num_layers):
         hidden = encoder.layer(index, hidden, padding, rotary)
-    pooled = _pool(builder, hidden, mask, pooling)
+    pooled = pool_tokens(builder, hidden, mask, pooling)
     if normalize:
-        pooled = _l2_normalize(builder, pooled)
+        pooled = l2_normalize(builder, pooled)
     builder.op("Identity", pooled, output=OUTPUT_NAME)
     builder.add_output(OUTPUT_NAME, TensorProto.FLOAT, ["batch", parsed.hidden_size])
     return builder.build()
@@ -263,7 +263,7 @@ class _Padding:
     extra_columns: tuple[str, str, str] | None = None
 
 
-class _EncoderBuilder:
+class EncoderBuilder:
     """Emits the embedding block, the rotary tables and the post-norm layers of one encoder."""
 
     def __init__(
@@ -385,7 +385,7 @@ class _EncoderBuilder:
         inverted = builder.op("Sub", builder.float_scalar("one_f", 1.0), as_float)
         if not self._fused:
             bias = builder.op(
-                "Mul", inverted, builder.float_scalar("mask_filter", _MASK_FILTER_VALUE)
+                "Mul", inverted, builder.float_scalar("mask_filter", MASK_FILTER_VALUE)
             )
             return _Padding(
                 score_bias=builder.op("Unsqueeze", bias, builder.int64s("axes_1_2", [1, 2]))
@@ -590,7 +590,7 @@ class _EncoderBuilder:
         """gelu(x W^T + b), erf form."""
         builder = self._builder
         if not self._fused:
-            return _activation(builder, self._linear(hidden, name, weight, bias), "gelu")
+            return activation(builder, self._linear(hidden, name, weight, bias), "gelu")
         product = builder.op("MatMul", hidden, builder.initializer(name + ".weight", weight.T))
         if bias is None:
             return builder.op("Gelu", product, domain=MICROSOFT_DOMAIN)
