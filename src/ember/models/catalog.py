@@ -215,7 +215,7 @@ ALL_MPNET_BASE_V2 = CatalogEntry(
 ALL_MINILM_L6_V2_INT8 = CatalogEntry(
     model_id="all-MiniLM-L6-v2-int8",
     aliases=("all-minilm:int8", "all-MiniLM-L6-v2-onnx-int8"),
-    description="all-MiniLM-L6-v2 as int8 ONNX: a quarter of the size, cosine >= 0.9996 to float.",
+    description="all-MiniLM-L6-v2 as int8 ONNX: a quarter of the size, min cosine 0.998 to float.",
     dimensions=384,
     license="Apache-2.0",
     assembly=Assembly.FOLDER,
