@@ -15,6 +15,7 @@ from ember.engines.base import TokenBatch, TokenIds, Vectors
 from ember.engines.onnx import available_cores
 from ember.errors import EngineFailure, ModelLoadFailed, RuntimeMissing
 from ember.pooling import Pooling, normalize
+from ember.special_tokens import SpecialTokens
 
 if TYPE_CHECKING:
     from ember.engines.base import Engine
@@ -133,8 +134,7 @@ class LlamaTokenizer:
         self.vocab_size = int(llama.n_vocab())
         # What llama.cpp wraps every text in, e.g. [CLS] … [SEP] for BERT.
         empty = list(llama.tokenize(b"", add_bos=True, special=True))
-        self._prefix = empty[:1]
-        self._suffix = empty[1:]
+        self._special = SpecialTokens.from_empty_text(empty)
 
     def encode(self, texts: Sequence[str]) -> list[TokenIds]:
         """Token ids of each text with special tokens, untruncated."""
@@ -144,26 +144,13 @@ class LlamaTokenizer:
         ]
 
     def is_wrapped(self, ids: Sequence[int]) -> bool:
-        """Whether `ids` already carry the special tokens llama.cpp adds."""
-        ids = list(ids)
-        if not self._prefix and not self._suffix:
-            return False
-        starts = ids[: len(self._prefix)] == self._prefix
-        ends = not self._suffix or ids[-len(self._suffix) :] == self._suffix
-        return starts and ends and len(ids) >= len(self._prefix) + len(self._suffix)
+        return self._special.is_wrapped(ids)
 
     def wrap(self, ids: Sequence[int]) -> TokenIds:
-        """Add the model's special tokens to raw ids unless they are already there."""
-        if self.is_wrapped(ids):
-            return _as_ids(ids)
-        return _as_ids([*self._prefix, *ids, *self._suffix])
+        return self._special.wrap(ids)
 
     def truncate_ids(self, ids: TokenIds) -> TokenIds:
-        """Cut wrapped ids to `max_tokens`, keeping the closing special tokens."""
-        if len(ids) <= self.max_tokens:
-            return ids
-        keep = self.max_tokens - len(self._suffix)
-        return np.concatenate([ids[:keep], ids[len(ids) - len(self._suffix) :]])
+        return self._special.truncate(ids, self.max_tokens)
 
     def decode(self, ids: Sequence[int]) -> str:
         text: bytes = self._llama.detokenize([int(token) for token in ids], special=False)

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 
 from ember.engines.base import TokenIds
 from ember.errors import ModelLoadFailed
+from ember.special_tokens import SpecialTokens
 
 
 class ModelTokenizer(Protocol):
@@ -51,8 +52,7 @@ class TextTokenizer:
         self._truncating.no_padding()
         empty = self._counting.encode("").ids
         # What the post-processor wraps every text in, e.g. [CLS] … [SEP] for BERT.
-        self._prefix = empty[:1] if len(empty) >= 1 else []
-        self._suffix = empty[1:] if len(empty) >= 2 else []
+        self._special = SpecialTokens.from_empty_text(empty)
         self.vocab_size = self._counting.get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: Sequence[str]) -> list[TokenIds]:
@@ -64,26 +64,13 @@ class TextTokenizer:
         return [_as_ids(encoding.ids) for encoding in self._truncating.encode_batch(list(texts))]
 
     def is_wrapped(self, ids: Sequence[int]) -> bool:
-        """Whether `ids` already carry the special tokens the model's post-processor adds."""
-        ids = list(ids)
-        if not self._prefix and not self._suffix:
-            return False
-        starts = ids[: len(self._prefix)] == self._prefix
-        ends = not self._suffix or ids[-len(self._suffix) :] == self._suffix
-        return starts and ends and len(ids) >= len(self._prefix) + len(self._suffix)
+        return self._special.is_wrapped(ids)
 
     def wrap(self, ids: Sequence[int]) -> TokenIds:
-        """Add the model's special tokens to raw ids unless they are already there."""
-        if self.is_wrapped(ids):
-            return _as_ids(ids)
-        return _as_ids([*self._prefix, *ids, *self._suffix])
+        return self._special.wrap(ids)
 
     def truncate_ids(self, ids: TokenIds) -> TokenIds:
-        """Cut wrapped ids to `max_tokens`, keeping the closing special tokens."""
-        if len(ids) <= self.max_tokens:
-            return ids
-        keep = self.max_tokens - len(self._suffix)
-        return np.concatenate([ids[:keep], ids[len(ids) - len(self._suffix) :]])
+        return self._special.truncate(ids, self.max_tokens)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._counting.decode(list(ids), skip_special_tokens=True)
