@@ -2,7 +2,13 @@
 
 Each workload first gets one untimed warm-up round per system (arenas, caches, connection
 pools). Then for each round every system runs once in turn, with a short pause between turns
-so one system's spinning threads do not steal the next one's cores.
+so one system's spinning threads do not steal the next one's cores. Workloads compared with
+each other (the mixed corpus and its same-length control; one 64-text request and 64 clients)
+share rounds, so a slow spell of the machine hits both alike.
+
+On a shared machine a turn during which other processes used more than a set share of the
+CPUs is thrown away and run again once the machine is idle (a bounded number of times); the
+share is kept with each round and the report shows the worst kept.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from machine import OthersMonitor, wait_until_idle
 from stats import median, percentile
 from systems import System
 from workloads import Workload
@@ -24,6 +31,9 @@ class Plan:
     rounds: int = 7
     queries_per_round: int = 100
     pause_seconds: float = 0.3
+    max_others_share: float = 0.1
+    retries: int = 3
+    idle_wait_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class Round:
     texts: int
     tokens: int
     client_cpu_seconds: float | None = None
+    others_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class Summary:
     p99_seconds: float
     rounds: int
     client_cpu_seconds: float | None
+    others_share: float
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Results:
             p99_seconds=percentile(latencies, 0.99),
             rounds=len(rounds),
             client_cpu_seconds=median(cpu) if cpu else None,
+            others_share=max(result.others_share for result in rounds),
         )
 
 
@@ -95,17 +108,38 @@ def one_round(system: System, workload: Workload, plan: Plan) -> Round | None:
     )
 
 
-def measure(systems: Sequence[System], workloads: Sequence[Workload], plan: Plan) -> Results:
+def turn(system: System, workload: Workload, plan: Plan, monitor: OthersMonitor) -> Round:
+    """One measured round, repeated while other processes took too much of the CPUs."""
+    for attempt in range(plan.retries + 1):
+        time.sleep(plan.pause_seconds)
+        monitor.mark()
+        result = one_round(system, workload, plan)
+        assert result is not None
+        share = monitor.others_share()
+        if share <= plan.max_others_share or attempt == plan.retries:
+            return replace(result, others_share=share)
+        print(f"    {system.name}: others took {share:.0%} of the CPUs, again", file=sys.stderr)
+        wait_until_idle(plan.idle_wait_seconds, quiet_seconds=2)
+    raise AssertionError("unreachable")
+
+
+def measure(systems: Sequence[System], groups: Sequence[Sequence[Workload]], plan: Plan) -> Results:
+    """Every group of workloads in turn: warm-up, then `plan.rounds` alternating rounds."""
     results = Results()
-    for workload in workloads:
+    monitor = OthersMonitor()
+    for group in groups:
         started = time.perf_counter()
-        able = [system for system in systems if one_round(system, workload, plan) is not None]
+        able = {
+            workload.name: [
+                system for system in systems if one_round(system, workload, plan) is not None
+            ]
+            for workload in group
+        }
         for _ in range(plan.rounds):
-            for system in able:
-                time.sleep(plan.pause_seconds)
-                result = one_round(system, workload, plan)
-                assert result is not None
-                results.add(workload.name, system.name, result)
+            for workload in group:
+                for system in able[workload.name]:
+                    results.add(workload.name, system.name, turn(system, workload, plan, monitor))
         took = time.perf_counter() - started
-        print(f"  {workload.title}: {len(able)} systems, {took:.1f} s", file=sys.stderr)
+        titles = ", ".join(workload.title for workload in group)
+        print(f"  {titles}: {took:.1f} s", file=sys.stderr)
     return results

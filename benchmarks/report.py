@@ -127,7 +127,11 @@ def render(
         "",
         table(["target", "measured", "met"], target_rows(results, extras, shape, workloads)),
     ]
-    notes = [*extras.notes, *client_cpu_notes(results, workloads)]
+    notes = [
+        *extras.notes,
+        *client_cpu_notes(results, workloads),
+        *others_notes(results, workloads),
+    ]
     if notes:
         parts += ["", *(f"note: {note}" for note in notes)]
     return "\n".join(parts)
@@ -144,4 +148,22 @@ def client_cpu_notes(results: Results, workloads: Sequence[Workload]) -> list[st
                     f"{workload.title}, {system}: the httpx clients used "
                     f"{summary.client_cpu_seconds * 1000:.0f} ms of CPU per burst"
                 )
+    return notes
+
+
+def others_notes(results: Results, workloads: Sequence[Workload], floor: float = 0.02) -> list[str]:
+    """Where processes outside the benchmark took CPU during kept rounds."""
+    notes = []
+    for workload in workloads:
+        shares = {
+            system: summary.others_share
+            for system in results.rounds.get(workload.name, {})
+            if (summary := results.summary(workload.name, system)) is not None
+        }
+        worst = max(shares.values(), default=0.0)
+        if worst > floor:
+            notes.append(
+                f"{workload.title}: other processes took up to {worst:.0%} of the CPUs "
+                "in a kept round"
+            )
     return notes

@@ -1,8 +1,10 @@
 """The systems under test, behind one small interface: embed a workload once, report timings.
 
 HTTP systems (Ember, llama.cpp's server) are driven with httpx: a sync client for sequential
-requests and, for the concurrent workload, an AsyncClient on an event loop kept for the whole
-run so its connection pool stays warm between rounds.
+requests, and for the concurrent workload a fresh AsyncClient per burst, so each of its clients
+opens its own connection as independent clients do. Idle connections are dropped by the client
+after a second, well before a server's keep-alive timeout (uvicorn: 5 s), so no request is ever
+sent on a connection the server is closing.
 """
 
 from __future__ import annotations
@@ -90,10 +92,8 @@ class HttpSystem:
         self.name = name
         self._model = model
         self._url = f"{base_url}/v1/embeddings"
-        self._client = httpx.Client(timeout=timeout)
-        self._loop = asyncio.new_event_loop()
-        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-        self._async_client = self._loop.run_until_complete(_make_async_client(limits, timeout))
+        self._timeout = timeout
+        self._client = httpx.Client(timeout=timeout, limits=httpx.Limits(keepalive_expiry=1.0))
         self._memory_source: MemorySource | None = None
 
     def watch_memory(self, source: MemorySource) -> None:
@@ -127,20 +127,25 @@ class HttpSystem:
     def concurrent(self, workload: Workload) -> Burst:
         cpu_started = time.process_time()
         started = time.perf_counter()
-        latencies = self._loop.run_until_complete(self._burst(list(workload.texts)))
+        latencies = asyncio.run(self._burst(list(workload.texts)))
         seconds = time.perf_counter() - started
         return Burst(seconds, latencies, time.process_time() - cpu_started)
 
     async def _burst(self, texts: list[str]) -> list[float]:
-        async def one(text: str) -> float:
-            started = time.perf_counter()
-            response = await self._async_client.post(
-                self._url, content=self._body(text), headers={"content-type": "application/json"}
-            )
-            decode_vectors(response, 1)
-            return time.perf_counter() - started
+        limits = httpx.Limits(max_connections=len(texts), max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=self._timeout) as client:
 
-        return list(await asyncio.gather(*(one(text) for text in texts)))
+            async def one(text: str) -> float:
+                started = time.perf_counter()
+                response = await client.post(
+                    self._url,
+                    content=self._body(text),
+                    headers={"content-type": "application/json"},
+                )
+                decode_vectors(response, 1)
+                return time.perf_counter() - started
+
+            return list(await asyncio.gather(*(one(text) for text in texts)))
 
     def first_vector(self, workload: Workload) -> Vector:
         return normalized(self._post([workload.texts[0]], 1)[0])
@@ -150,13 +155,7 @@ class HttpSystem:
 
     def close(self) -> None:
         self._client.close()
-        self._loop.run_until_complete(self._async_client.aclose())
-        self._loop.close()
 
 
 class MemorySource(Protocol):
     def __call__(self) -> Memory | None: ...
-
-
-async def _make_async_client(limits: httpx.Limits, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(limits=limits, timeout=timeout)

@@ -8,7 +8,7 @@ The same texts go to Ember and to every peer.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +50,7 @@ class Workload:
     kind: Kind
     texts: tuple[str, ...]
     tokens: tuple[int, ...]
+    group: str = ""  # workloads compared with each other are measured in the same rounds
 
     @property
     def total_tokens(self) -> int:
@@ -92,33 +93,35 @@ class TextMaker:
         return [self._random.randint(low, high) for _ in range(count)]
 
 
+def grouped(workloads: list[Workload]) -> list[list[Workload]]:
+    """Workloads in groups that share rounds, in first-seen order."""
+    groups: dict[str, list[Workload]] = {}
+    for workload in workloads:
+        groups.setdefault(workload.group or workload.name, []).append(workload)
+    return list(groups.values())
+
+
 def build_workloads(tokenizer_path: Path) -> list[Workload]:
     """The workloads of the issue, in the order the table shows them."""
     maker = TextMaker(tokenizer_path)
     mixed_lengths = [5 + (245 * index) // 127 for index in range(128)]
     random.Random(7).shuffle(mixed_lengths)
     mean_length = round(sum(mixed_lengths) / len(mixed_lengths))
+    control = maker.workload(
+        "mixed_control", f"128 texts, all {mean_length} tok", "batch", [mean_length] * 128
+    )
     sentences = maker.workload(
         "sentences", "256 sentences ~16 tok", "batch", maker.jittered(256, 14, 18)
     )
-    concurrent_texts = sentences.texts[:64]
-    concurrent_tokens = sentences.tokens[:64]
+    texts64, tokens64 = sentences.texts[:64], sentences.tokens[:64]
     return [
         maker.workload("query", "1 query, 10 tok", "query", [10]),
         sentences,
         maker.workload("passages", "64 passages ~128 tok", "batch", maker.jittered(64, 120, 136)),
         maker.workload("mixed", "128 texts, 5-250 tok", "batch", mixed_lengths),
-        maker.workload(
-            "mixed_control", f"128 texts, all {mean_length} tok", "batch", [mean_length] * 128
-        ),
+        replace(control, group="mixed"),
+        Workload("single64", "64 sentences, 1 request", "batch", texts64, tokens64, "burst"),
         Workload(
-            "single64", "64 sentences, 1 request", "batch", concurrent_texts, concurrent_tokens
-        ),
-        Workload(
-            "concurrent64",
-            "64 clients x 1 sentence",
-            "concurrent",
-            concurrent_texts,
-            concurrent_tokens,
+            "concurrent64", "64 clients x 1 sentence", "concurrent", texts64, tokens64, "burst"
         ),
     ]

@@ -1,0 +1,578 @@
+"""The opt-in int8 variant of an encoder graph Ember built: per-token int8 products, fp32 where
+int8 costs too much fidelity, checked against the fp32 graph on calibration text.
+
+Why this recipe (all-MiniLM-L6-v2, 2-core AVX-512 VNNI CPU, ONNX Runtime 1.32; min cosine to
+fp32 over short, long and generated texts; see benchmarks/quantize_bench.py):
+
+- ONNX Runtime's dynamic int8 (`quantize_dynamic`) gives each product's input one scale for
+  the whole batch. BERT's [CLS] token carries activations ~10x larger than other tokens in a few
+  channels, so that scale is coarse for every other token: min cosine 0.84 (per-tensor weights)
+  or 0.97 (per-channel), and a text's vector depends on its batch-mates. Excluding layers does
+  not rescue it: each product alone already costs ~0.001.
+- Block-wise MatMulNBits (8 bits, accuracy_level 4, like llama.cpp's q8_0) keeps 0.9985, but its
+  8-bit kernel runs at about fp32 speed (~200 GOP/s against ~700 for the u8s8 VNNI GEMM).
+- So each input row (token) gets its own scale, with a zero point per input fitted on the
+  calibration text (GELU outputs are one-sided), and the few input channels whose calibration
+  range dwarfs the median channel's (the [CLS] outliers) stay fp32 in a thin side product. The
+  int8 product is MatMulIntegerToFloat (the u8s8 kernel) with per-column weight scales. That
+  alone keeps ~0.9987; the inputs whose int8 products hurt the vectors most then stay fp32, as
+  few as meet `target_cosine` on the calibration text.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ember.engines.onnx_graphs.builder import MICROSOFT_DOMAIN
+
+__all__ = [
+    "CALIBRATION_TEXTS",
+    "DEFAULT_TARGET_COSINE",
+    "FIDELITY_TEXTS",
+    "Fidelity",
+    "measure_fidelity",
+    "quantize_int8",
+]
+
+TokenIds = Sequence[int]
+FloatArray = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.int64]
+Batch = tuple[IndexArray, IndexArray]
+
+# Met on the calibration text, a margin over the 0.999 promised on other text.
+DEFAULT_TARGET_COSINE = 0.9993
+# An input channel whose calibration |max| exceeds this many times the median channel's is an
+# outlier and stays fp32; at most this many per input (MiniLM has 0-3).
+_OUTLIER_RATIO = 3.0
+_MAX_OUTLIERS = 4
+_MIN_SCALE = 1e-8
+_SWITCH = "int8_switch"
+METADATA_FP32_INPUTS = "ember.int8.fp32_inputs"
+METADATA_CALIBRATION_COSINE = "ember.int8.calibration_min_cosine"
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Cosine similarity of one graph's vectors to a reference graph's over the same texts."""
+
+    min_cosine: float
+    mean_cosine: float
+    texts: int
+
+
+def quantize_int8(
+    model: onnx.ModelProto,
+    calibration: Sequence[TokenIds],
+    *,
+    target_cosine: float = DEFAULT_TARGET_COSINE,
+) -> onnx.ModelProto:
+    """An int8 copy of `model` whose vectors for `calibration` keep `target_cosine` to fp32.
+
+    `model` is a graph Ember built: inputs `input_ids` and `attention_mask`, float vectors out,
+    products possibly inside a row-chunking Loop. Every MatMul by a constant 2-D float weight is
+    a candidate. `calibration` holds token-id sequences of varied text (CALIBRATION_TEXTS,
+    tokenised). The inputs left fp32 and the calibration min cosine are recorded in the model's
+    metadata; if nothing can be int8 within the target, the copy is all fp32.
+    """
+    if not calibration:
+        raise ValueError("quantize_int8 needs calibration token ids")
+    groups = _find_groups(model)
+    if not groups:
+        return copy.deepcopy(model)
+    activations = _calibrate(model, [group.input for group in groups], calibration)
+    groups = [replace(group, plan=_plan(activations[group.input])) for group in groups]
+    trial = _Trial(_rewrite(model, groups, switched=True), len(groups), calibration)
+    fp32, fidelity = _choose_fp32(trial, groups, target_cosine)
+    quantized = _rewrite(model, [g for i, g in enumerate(groups) if i not in fp32], switched=False)
+    _set_metadata(quantized, METADATA_FP32_INPUTS, ",".join(groups[i].input for i in sorted(fp32)))
+    _set_metadata(quantized, METADATA_CALIBRATION_COSINE, f"{fidelity.min_cosine:.6f}")
+    return quantized
+
+
+def _choose_fp32(
+    trial: _Trial, groups: Sequence[_Group], target_cosine: float
+) -> tuple[set[int], Fidelity]:
+    """The inputs to leave fp32: few, and cheap ones, such that the rest meets the target.
+
+    Each input's damage is measured with it alone int8. Inputs are ranked by damage per weight
+    (the compute int8 would save), the count kept fp32 is bisected (fidelity grows nearly
+    monotonically with it), then each kept input is tried as int8 again, biggest first.
+    """
+    everything = set(range(len(groups)))
+    fidelity = trial.fidelity(everything)
+    if fidelity.min_cosine >= target_cosine:
+        return set(), fidelity
+    size = [sum(p.weight.size for p in group.products) for group in groups]
+    damage = [1.0 - trial.fidelity({index}).min_cosine for index in everything]
+    ranked = sorted(everything, key=lambda index: -damage[index] / size[index])
+    low, kept, fidelity = 0, len(groups), Fidelity(1.0, 1.0, fidelity.texts)
+    while kept - low > 1:
+        middle = (low + kept) // 2
+        measured = trial.fidelity(everything - set(ranked[:middle]))
+        if measured.min_cosine >= target_cosine:
+            kept, fidelity = middle, measured
+        else:
+            low = middle
+    fp32 = set(ranked[:kept])
+    for index in sorted(fp32, key=lambda index: (-size[index], damage[index])):
+        measured = trial.fidelity((everything - fp32) | {index})
+        if measured.min_cosine >= target_cosine:
+            fp32.discard(index)
+            fidelity = measured
+    return fp32, fidelity
+
+
+def measure_fidelity(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, token_ids: Sequence[TokenIds]
+) -> Fidelity:
+    """Cosine of `candidate`'s vectors to `reference`'s, text by text (min and mean)."""
+    batches = list(_batches(token_ids))
+    return _compare(_vectors(_session(reference), batches), _vectors(_session(candidate), batches))
+
+
+@dataclass(frozen=True)
+class _Product:
+    """One MatMul by a constant weight [in, out]."""
+
+    node: str
+    weight_name: str
+    weight: FloatArray
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How an input is quantised: the channels kept fp32 and the zero point of its rows."""
+
+    outliers: IndexArray
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The products that share one input: the input is quantised once for all of them."""
+
+    input: str
+    width: int
+    products: tuple[_Product, ...]
+    plan: _Plan | None = None
+
+
+def _find_groups(model: onnx.ModelProto) -> list[_Group]:
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    found: dict[str, list[_Product]] = {}
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            tensor = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
+            if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+                continue
+            if not node.name:
+                raise ValueError("quantize_int8 needs named MatMul nodes")
+            weight = numpy_helper.to_array(tensor).astype(np.float32)
+            found.setdefault(node.input[0], []).append(_Product(node.name, tensor.name, weight))
+    return [
+        _Group(name, int(products[0].weight.shape[0]), tuple(products))
+        for name, products in found.items()
+    ]
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph (Loop and If bodies) inside it."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+
+
+def _calibrate(
+    model: onnx.ModelProto, names: Sequence[str], calibration: Sequence[TokenIds]
+) -> dict[str, FloatArray]:
+    """Rows (tokens) of each named value over the calibration texts.
+
+    Texts run one at a time: a single text is a single row chunk, so values inside a Loop body
+    can leave it as scan outputs without shape clashes.
+    """
+    probe = copy.deepcopy(model)
+    exported: dict[str, str] = {}
+    outer = {value for node in probe.graph.node for value in node.output}
+    outer |= {graph_input.name for graph_input in probe.graph.input}
+    for name in names:
+        if name in outer:
+            exported[name] = name
+    for node in probe.graph.node:
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        if node.op_type != "Loop" or body is None:
+            continue
+        inside = {value for body_node in body.node for value in body_node.output}
+        for name in names:
+            if name in inside and name not in exported:
+                body.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+                exported[name] = f"{name}/calibration"
+                node.output.append(exported[name])
+    missing = [name for name in names if name not in exported]
+    if missing:
+        raise ValueError(f"cannot reach {missing[0]!r} to calibrate it")
+    for name in exported.values():
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = _session(probe, optimize=False)
+    rows: dict[str, list[FloatArray]] = {name: [] for name in names}
+    fetch = [exported[name] for name in names]
+    for ids, mask in _batches(calibration, size=1):
+        for name, value in zip(names, session.run(fetch, _feeds(session, ids, mask)), strict=True):
+            array = np.asarray(value, dtype=np.float32)
+            rows[name].append(array.reshape(-1, array.shape[-1]))
+    return {name: np.concatenate(parts) for name, parts in rows.items()}
+
+
+def _plan(rows: FloatArray) -> _Plan:
+    """Outlier channels from the calibration range; the zero point that suits a typical row."""
+    peaks = np.abs(rows).max(axis=0)
+    candidates = np.flatnonzero(peaks > _OUTLIER_RATIO * np.median(peaks))
+    outliers = np.sort(candidates[np.argsort(-peaks[candidates])][:_MAX_OUTLIERS])
+    kept = np.delete(rows, outliers, axis=1)
+    highs = np.maximum(kept.max(axis=1), 0.0)
+    lows = np.minimum(kept.min(axis=1), 0.0)
+    negative_share = float(np.median(-lows / np.maximum(highs - lows, _MIN_SCALE)))
+    zero_point = int(np.clip(round(255 * negative_share), 1, 254))
+    return _Plan(outliers.astype(np.int64), zero_point)
+
+
+class _Trial:
+    """One session holding both paths of every group, an input choosing int8 per group: any
+    mix of int8 and fp32 is one run away, and all fp32 is the reference."""
+
+    def __init__(self, switched: onnx.ModelProto, groups: int, calibration: Sequence[TokenIds]):
+        self._session = _session(switched)
+        self._groups = groups
+        self._batches = list(_batches(calibration))
+        self._reference = self._vectors(set())
+
+    def fidelity(self, int8: set[int]) -> Fidelity:
+        return _compare(self._reference, self._vectors(int8))
+
+    def _vectors(self, int8: set[int]) -> FloatArray:
+        switch = np.zeros(self._groups, dtype=bool)
+        switch[sorted(int8)] = True
+        return _vectors(self._session, self._batches, {_SWITCH: switch})
+
+
+class _Emitter:
+    """Collects the nodes of one graph and the initializers of the model; equal constants
+    share one initializer."""
+
+    def __init__(
+        self,
+        opset: int,
+        initializers: list[onnx.TensorProto],
+        constants: dict[tuple[str, tuple[int, ...], bytes], str],
+    ) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self._opset = opset
+        self._initializers = initializers
+        self._constants = constants
+
+    def constant(self, name: str, array: npt.NDArray[Any]) -> str:
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._initializers.append(numpy_helper.from_array(array, name))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def scalar(self, name: str, value: float, dtype: type[np.generic] = np.float32) -> str:
+        return self.constant(name, np.array(value, dtype=dtype))
+
+    def op(self, op_type: str, inputs: Sequence[str], output: str, **attributes: Any) -> str:
+        domain = MICROSOFT_DOMAIN if op_type == "MatMulIntegerToFloat" else None
+        node = helper.make_node(op_type, list(inputs), [output], name=output, domain=domain)
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
+        self.nodes.append(node)
+        return output
+
+    def reduce(self, op_type: str, value: str, output: str) -> str:
+        if self._opset >= 18:  # axes moved from an attribute to an input
+            axes = self.constant("int8/axes_last", np.array([-1], dtype=np.int64))
+            return self.op(op_type, [value, axes], output, keepdims=1)
+        return self.op(op_type, [value], output, axes=[-1], keepdims=1)
+
+
+def _rewrite(
+    model: onnx.ModelProto, groups: Sequence[_Group], *, switched: bool
+) -> onnx.ModelProto:
+    """A copy of `model` with the products of `groups` int8; `switched` keeps the fp32 products
+    too and picks per group by the bool input `int8_switch`."""
+    rewritten = copy.deepcopy(model)
+    opset = next(o.version for o in rewritten.opset_import if o.domain in ("", "ai.onnx"))
+    added: list[onnx.TensorProto] = []
+    constants: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+    owner = {product.node: index for index, g in enumerate(groups) for product in g.products}
+    for graph in _graphs(rewritten.graph):
+        emitter = _Emitter(opset, added, constants)
+        rows: dict[int, tuple[str, str]] = {}
+        for node in graph.node:
+            index = owner.get(node.name) if node.op_type == "MatMul" else None
+            if index is None:
+                emitter.nodes.append(node)
+                continue
+            group = groups[index]
+            if index not in rows:
+                rows[index] = _quantize_rows(emitter, group)
+            product = next(p for p in group.products if p.node == node.name)
+            if not switched:
+                _int8_product(emitter, group, product, *rows[index], node.output[0])
+                continue
+            output = node.output[0]
+            node.output[0] = f"{output}/fp32"
+            emitter.nodes.append(node)
+            int8 = _int8_product(emitter, group, product, *rows[index], f"{output}/int8")
+            position = emitter.constant(f"int8/group_{index}", np.array(index, dtype=np.int64))
+            flag = emitter.op("Gather", [_SWITCH, position], f"{output}/switch")
+            emitter.op("Where", [flag, int8, node.output[0]], output)
+        del graph.node[:]
+        graph.node.extend(emitter.nodes)
+    if switched:
+        switch = helper.make_tensor_value_info(_SWITCH, TensorProto.BOOL, [len(groups)])
+        rewritten.graph.input.append(switch)
+    else:
+        replaced = {product.weight_name for group in groups for product in group.products}
+        kept = [t for t in rewritten.graph.initializer if t.name not in replaced]
+        del rewritten.graph.initializer[:]
+        rewritten.graph.initializer.extend(kept)
+    rewritten.graph.initializer.extend(added)
+    if not any(o.domain == MICROSOFT_DOMAIN for o in rewritten.opset_import):
+        rewritten.opset_import.append(helper.make_opsetid(MICROSOFT_DOMAIN, 1))
+    return rewritten
+
+
+def _quantize_rows(emitter: _Emitter, group: _Group) -> tuple[str, str]:
+    """uint8 codes of the group's input on a per-row grid, outlier channels zeroed, and the row
+    scales: scale = max(row max / (255 - zero), -row min / zero)."""
+    assert group.plan is not None
+    plan, prefix = group.plan, f"int8/{group.input}"
+    zero = plan.zero_point
+    inner = group.input
+    if plan.outliers.size:
+        keep = np.ones(group.width, dtype=np.float32)
+        keep[plan.outliers] = 0.0
+        inner = emitter.op("Mul", [inner, emitter.constant(f"{prefix}/keep", keep)], f"{prefix}/in")
+    high = emitter.reduce("ReduceMax", inner, f"{prefix}/high")
+    low = emitter.reduce("ReduceMin", inner, f"{prefix}/low")
+    high = emitter.op(
+        "Mul", [high, emitter.scalar(f"int8/by_{255 - zero}", 1 / (255 - zero))], high + "_s"
+    )
+    low = emitter.op("Mul", [low, emitter.scalar(f"int8/by_minus_{zero}", -1 / zero)], low + "_s")
+    floor = emitter.scalar("int8/min_scale", _MIN_SCALE)
+    scales = emitter.op("Max", [high, low, floor], f"{prefix}/scale")
+    # Per-axis QuantizeLinear over a [rows, width] view quantises each row by its own scale in
+    # one pass (no separate division); the views cost no copies.
+    rows = emitter.constant(f"int8/rows_of_{group.width}", np.array([-1, group.width], np.int64))
+    flat_scales = emitter.op(
+        "Reshape", [scales, emitter.constant("int8/flat", np.array([-1]))], f"{prefix}/flat_scale"
+    )
+    zero_points = emitter.op(
+        "Expand",
+        [
+            emitter.scalar(f"int8/zero_{zero}", zero, np.uint8),
+            emitter.op("Shape", [flat_scales], f"{prefix}/rows"),
+        ],
+        f"{prefix}/zero_points",
+    )
+    flat_codes = emitter.op(
+        "QuantizeLinear",
+        [emitter.op("Reshape", [inner, rows], f"{prefix}/flat_in"), flat_scales, zero_points],
+        f"{prefix}/flat_codes",
+        axis=0,
+    )
+    shape = emitter.op("Shape", [inner], f"{prefix}/shape")
+    return emitter.op("Reshape", [flat_codes, shape], f"{prefix}/codes"), scales
+
+
+def _int8_product(
+    emitter: _Emitter, group: _Group, product: _Product, codes: str, scales: str, output: str
+) -> str:
+    """MatMulIntegerToFloat(codes, int8 weight) * row scales, plus the fp32 outlier product."""
+    assert group.plan is not None
+    plan, prefix = group.plan, f"int8/{product.weight_name}"
+    inner = product.weight.copy()
+    inner[plan.outliers] = 0.0
+    column_scales = np.abs(inner).max(axis=0) / 127.0
+    column_scales[column_scales == 0] = 1.0
+    weight_codes = np.clip(np.rint(inner / column_scales), -127, 127).astype(np.int8)
+    inputs = [
+        codes,
+        emitter.constant(f"{prefix}/codes", weight_codes),
+        emitter.scalar("int8/one", 1.0),
+        emitter.constant(f"{prefix}/column_scales", column_scales.astype(np.float32)),
+        emitter.scalar(f"int8/zero_{plan.zero_point}", plan.zero_point, np.uint8),
+    ]
+    unscaled = emitter.op("MatMulIntegerToFloat", inputs, f"{prefix}/unscaled")
+    if not plan.outliers.size:
+        return emitter.op("Mul", [unscaled, scales], output)
+    scaled = emitter.op("Mul", [unscaled, scales], f"{prefix}/scaled")
+    # Gemm(x[..., outliers], W[outliers], C = int8 result) on 2-D views: the Gemm adds C as it
+    # writes, which saves a pass over the output.
+    count, width = int(plan.outliers.size), int(product.weight.shape[1])
+    picked = emitter.op(
+        "Gather",
+        [group.input, emitter.constant(f"{prefix}/outliers", plan.outliers)],
+        f"{prefix}/outlier_in",
+        axis=-1,
+    )
+    rows_of = emitter.constant(f"int8/rows_of_{count}", np.array([-1, count], dtype=np.int64))
+    rows_out = emitter.constant(f"int8/rows_of_{width}", np.array([-1, width], dtype=np.int64))
+    shape = emitter.op("Shape", [scaled], f"{prefix}/shape")
+    summed = emitter.op(
+        "Gemm",
+        [
+            emitter.op("Reshape", [picked, rows_of], f"{prefix}/outlier_rows"),
+            emitter.constant(f"{prefix}/outlier_weight", product.weight[plan.outliers]),
+            emitter.op("Reshape", [scaled, rows_out], f"{prefix}/scaled_rows"),
+        ],
+        f"{prefix}/sum_rows",
+    )
+    return emitter.op("Reshape", [summed, shape], output)
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+            return
+    model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+
+
+def _batches(token_ids: Sequence[TokenIds], size: int = 16) -> Iterator[Batch]:
+    """Right-padded batches in the given order. Pad id 0 is safe: padded rows are masked out of
+    pooling and each row is quantised on its own, so they never change a real token."""
+    for start in range(0, len(token_ids), size):
+        chunk = token_ids[start : start + size]
+        width = max(1, *(len(ids) for ids in chunk))
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        mask = np.zeros((len(chunk), width), dtype=np.int64)
+        for row, sequence in enumerate(chunk):
+            ids[row, : len(sequence)] = sequence
+            mask[row, : len(sequence)] = 1
+        yield ids, mask
+
+
+def _session(model: onnx.ModelProto, *, optimize: bool = True) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _feeds(session: Any, ids: IndexArray, mask: IndexArray) -> dict[str, Any]:
+    known = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {i.name: known[i.name] for i in session.get_inputs() if i.name in known}
+
+
+def _vectors(
+    session: Any, batches: Sequence[Batch], extra: dict[str, Any] | None = None
+) -> FloatArray:
+    output = session.get_outputs()[0].name
+    parts: list[FloatArray] = []
+    for ids, mask in batches:
+        feeds = {**_feeds(session, ids, mask), **(extra or {})}
+        parts.append(np.asarray(session.run([output], feeds)[0], dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def _compare(reference: FloatArray, candidate: FloatArray) -> Fidelity:
+    def unit(vectors: FloatArray) -> FloatArray:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    cosines = (unit(reference) * unit(candidate)).sum(axis=1)
+    return Fidelity(float(cosines.min()), float(cosines.mean()), int(cosines.size))
+
+
+# Texts to fit on and texts to report on: apart, so the recorded cosine is not the one fitted.
+# Very short inputs come first and are many: a vector pooled over 3-4 tokens, [CLS] and [SEP]
+# among them, is where int8 errors show most.
+CALIBRATION_TEXTS: tuple[str, ...] = (
+    "yes",
+    "Thanks!",
+    "between",
+    "of",
+    "red apple",
+    "per the",
+    "it is the",
+    "New York",
+    "2024-05-01",
+    "Why?",
+    "reset password",
+    "He said no.",
+    "The cat sat on the mat.",
+    "Where is the nearest train station?",
+    "Please send me the invoice for last month.",
+    "Photosynthesis turns light into chemical energy in plants.",
+    "The committee postponed its decision until the budget review in March.",
+    "I can't log in: the app keeps saying my session expired, even right after I sign in.",
+    "A pinch of salt, two eggs, 200 g of flour and a cup of milk make a simple batter.",
+    "def add(a, b):\n    return a + b",
+    "SELECT name, count(*) FROM users GROUP BY name ORDER BY 2 DESC;",
+    "| id | name | score |\n|----|------|-------|\n| 1 | Ada | 98 |",
+    "Error 504: upstream timed out after 30000 ms (retry 3/3)",
+    "https://example.com/docs/v2/install?lang=en#linux",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "La réunion est reportée à jeudi prochain.",
+    "The treaty, signed after years of negotiation, set fishing quotas for the northern "
+    "waters and created a joint commission to settle disputes between the fleets.",
+    "Vaccines train the immune system to recognise a pathogen without causing the disease. "
+    "Most contain an inactivated virus, a protein fragment, or instructions for making one, "
+    "and the memory cells they leave behind respond quickly if the real infection arrives.",
+    "The first step is to measure. Before changing anything, record how long each stage of "
+    "the pipeline takes on a realistic workload, repeat the measurement a few times, and note "
+    "how much it varies. Only then try one change at a time, and keep the ones that move the "
+    "median by more than the noise. Most slow systems are slow in one place, and it is rarely "
+    "the place anyone guessed before measuring.",
+)
+
+FIDELITY_TEXTS: tuple[str, ...] = (
+    "no",
+    "Hello",
+    "which is",
+    "agreed",
+    "blue sky",
+    "doubt that",
+    "London",
+    "3.14159",
+    "How?",
+    "order status",
+    "She left early.",
+    "The dog barked at the mailman.",
+    "What time does the museum open on Sundays?",
+    "Could you review my pull request before lunch?",
+    "Glaciers carve valleys as they slowly move downhill.",
+    "The council approved the new bike lanes after a long public debate.",
+    "My laptop fan is loud and the battery drains fast since the last update; any ideas?",
+    "Mix the yeast with warm water, wait ten minutes, then knead the dough for eight more.",
+    "for i in range(10):\n    print(i * i)",
+    "curl -X POST -H 'Content-Type: application/json' -d '{\"input\": \"hi\"}' localhost:8080",
+    '<div class="card"><h2>Title</h2><p>Body text</p></div>',
+    "WARN disk usage at 91% on /dev/sda1 (threshold 90%)",
+    "El tren sale a las ocho de la mañana.",
+    "Il pleut depuis trois jours sans arrêt.",
+    "Coral reefs cover a tiny fraction of the ocean floor yet shelter about a quarter of all "
+    "marine species, which is why bleaching events worry biologists so much.",
+    "Interest rates affect almost every price in an economy. When a central bank raises them, "
+    "borrowing becomes more expensive, households and firms spend less, and demand cools; "
+    "lower rates work the other way, at the risk of higher inflation later.",
+    "Good documentation starts from the reader's question. A tutorial walks a newcomer through "
+    "one complete task; a how-to guide solves one specific problem for someone who already "
+    "knows the basics; a reference lists every option precisely; and an explanation says why "
+    "the system is shaped the way it is. Mixing the four in one page serves none of them well.",
+)
