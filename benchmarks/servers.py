@@ -106,11 +106,17 @@ def ember_command(python: str, home: Path, port: int) -> list[str]:
     return [python, "-m", "ember", "serve", "--offline", "--home", str(home), "--port", str(port)]
 
 
+def ember_environment() -> dict[str, str]:
+    """The server's environment: no vector cache, since every round repeats the same texts."""
+    env = {name: value for name, value in os.environ.items() if name != "EMBER_CACHE_PATH"}
+    return {**env, "EMBER_CACHE_ENTRIES": "0"}
+
+
 def start_ember(
     home: Path, log_dir: Path, model: str, python: str = sys.executable
 ) -> ServerProcess:
     port = free_port()
-    server = launch("ember", ember_command(python, home, port), port, log_dir, dict(os.environ))
+    server = launch("ember", ember_command(python, home, port), port, log_dir, ember_environment())
     try:
         wait_for_vector(server, model, timeout=120)
     except Exception:

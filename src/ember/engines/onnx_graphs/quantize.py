@@ -1,29 +1,32 @@
 """The opt-in int8 variant of an encoder graph Ember built: per-token int8 products, fp32 where
 int8 costs too much fidelity, checked against the fp32 graph on calibration text.
 
-Why this recipe (all-MiniLM-L6-v2, 2-core AVX-512 VNNI CPU, ONNX Runtime 1.32; min cosine to
-fp32 over short, long and generated texts; see benchmarks/quantize_bench.py):
+Why this recipe (all-MiniLM-L6-v2 on a 2-core AVX-512 VNNI CPU, ONNX Runtime 1.32; min cosine
+to fp32 over fixture, held-out and generated texts; benchmarks/quantize_bench.py):
 
-- ONNX Runtime's dynamic int8 (`quantize_dynamic`) gives each product's input one scale for
-  the whole batch. BERT's [CLS] token carries activations ~10x larger than other tokens in a few
-  channels, so that scale is coarse for every other token: min cosine 0.84 (per-tensor weights)
-  or 0.97 (per-channel), and a text's vector depends on its batch-mates. Excluding layers does
-  not rescue it: each product alone already costs ~0.001.
-- Block-wise MatMulNBits (8 bits, accuracy_level 4, like llama.cpp's q8_0) keeps 0.9985, but its
-  8-bit kernel runs at about fp32 speed (~200 GOP/s against ~700 for the u8s8 VNNI GEMM).
-- So each input row (token) gets its own scale, with a zero point per input fitted on the
-  calibration text (GELU outputs are one-sided), and the few input channels whose calibration
-  range dwarfs the median channel's (the [CLS] outliers) stay fp32 in a thin side product. The
-  int8 product is MatMulIntegerToFloat (the u8s8 kernel) with per-column weight scales. That
-  alone keeps ~0.9987; the inputs whose int8 products hurt the vectors most then stay fp32, as
-  few as meet `target_cosine` on the calibration text.
+- ONNX Runtime's dynamic int8 (`quantize_dynamic`) gives each product's input one scale for the
+  whole batch. BERT's [CLS] token carries activations ~10x larger than other tokens in a few
+  channels, so that scale is coarse for every other token: min cosine 0.80 with per-tensor
+  weights, 0.97 per-channel, and a text's vector depends on its batch-mates. Leaving layers
+  fp32 does not rescue it: each product alone already costs ~0.001.
+- Block-wise MatMulNBits (8 bits, block 32, accuracy_level 4, like llama.cpp's q8_0) keeps
+  0.9985 but runs at fp32 speed: its 8-bit kernel does ~200 GOP/s, the u8s8 VNNI GEMM ~700.
+- So each token gets its own scale, with a zero point per input fitted on calibration text
+  (GELU outputs are one-sided), and the few input channels whose calibration range is several
+  times the median channel's (the [CLS] outliers) stay fp32 in a thin side product. The int8
+  product is MatMulIntegerToFloat (the u8s8 GEMM) with per-column weight scales. All products
+  int8 keep 0.9985 at 1.7x the fp32 graph's tokens/s; the inputs whose products hurt the
+  vectors most per weight then stay fp32, as few as meet `target_cosine` on the calibration
+  text: 0.9993 by default, which keeps >= 0.9993 on other text at 1.35-1.4x.
 """
 
 from __future__ import annotations
 
 import copy
+import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,12 +40,15 @@ __all__ = [
     "CALIBRATION_TEXTS",
     "DEFAULT_TARGET_COSINE",
     "FIDELITY_TEXTS",
+    "METADATA_CALIBRATION_COSINE",
+    "METADATA_FP32_INPUTS",
     "Fidelity",
     "measure_fidelity",
     "quantize_int8",
 ]
 
-TokenIds = Sequence[int]
+# One text's token ids, special tokens included: a list, or an array as Ember's tokenizer gives.
+TokenIds = Sequence[int] | npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
 Batch = tuple[IndexArray, IndexArray]
@@ -50,7 +56,7 @@ Batch = tuple[IndexArray, IndexArray]
 # Met on the calibration text, a margin over the 0.999 promised on other text.
 DEFAULT_TARGET_COSINE = 0.9993
 # An input channel whose calibration |max| exceeds this many times the median channel's is an
-# outlier and stays fp32; at most this many per input (MiniLM has 0-3).
+# outlier and stays fp32, the largest few per input (more bought MiniLM nothing).
 _OUTLIER_RATIO = 3.0
 _MAX_OUTLIERS = 4
 _MIN_SCALE = 1e-8
@@ -73,6 +79,7 @@ def quantize_int8(
     calibration: Sequence[TokenIds],
     *,
     target_cosine: float = DEFAULT_TARGET_COSINE,
+    signed_weights: bool | None = None,
 ) -> onnx.ModelProto:
     """An int8 copy of `model` whose vectors for `calibration` keep `target_cosine` to fp32.
 
@@ -81,6 +88,10 @@ def quantize_int8(
     a candidate. `calibration` holds token-id sequences of varied text (CALIBRATION_TEXTS,
     tokenised). The inputs left fp32 and the calibration min cosine are recorded in the model's
     metadata; if nothing can be int8 within the target, the copy is all fp32.
+
+    `signed_weights` picks int8 weights (ONNX Runtime's u8s8 kernels) or uint8 ones (u8u8);
+    the default is int8 where u8s8 is exact: everywhere but x86 CPUs without VNNI, whose u8s8
+    kernel saturates 16-bit pair sums. Quantise on the machine that will serve the graph.
     """
     if not calibration:
         raise ValueError("quantize_int8 needs calibration token ids")
@@ -88,7 +99,8 @@ def quantize_int8(
     if not groups:
         return copy.deepcopy(model)
     activations = _calibrate(model, [group.input for group in groups], calibration)
-    groups = [replace(group, plan=_plan(activations[group.input])) for group in groups]
+    signed = _signed_weights_exact() if signed_weights is None else signed_weights
+    groups = [_planned(g, activations[g.input], signed=signed) for g in groups]
     trial = _Trial(_rewrite(model, groups, switched=True), len(groups), calibration)
     fp32, fidelity = _choose_fp32(trial, groups, target_cosine)
     quantized = _rewrite(model, [g for i, g in enumerate(groups) if i not in fp32], switched=False)
@@ -140,11 +152,13 @@ def measure_fidelity(
 
 @dataclass(frozen=True)
 class _Product:
-    """One MatMul by a constant weight [in, out]."""
+    """One MatMul by a constant weight [in, out], and that weight in int8 once planned."""
 
     node: str
     weight_name: str
     weight: FloatArray
+    codes: npt.NDArray[np.int8 | np.uint8] | None = None
+    column_scales: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,35 @@ def _plan(rows: FloatArray) -> _Plan:
     return _Plan(outliers.astype(np.int64), zero_point)
 
 
+def _signed_weights_exact() -> bool:
+    """Whether ONNX Runtime's u8s8 GEMM is exact here: not on x86 without VNNI (VPMADDUBSW
+    saturates), where the u8u8 kernel is."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _planned(group: _Group, rows: FloatArray, *, signed: bool) -> _Group:
+    """`group` with its input's plan and its weights in int8: symmetric per output column,
+    outlier rows zeroed (the fp32 side product carries them)."""
+    plan = _plan(rows)
+    products = []
+    for product in group.products:
+        inner = product.weight.copy()
+        inner[plan.outliers] = 0.0
+        scales = np.abs(inner).max(axis=0) / 127.0
+        scales[scales == 0] = 1.0
+        codes = np.clip(np.rint(inner / scales), -127, 127).astype(np.int8)
+        if not signed:  # the same values offset by 128, with weight zero point 128
+            codes = (codes.astype(np.int16) + 128).astype(np.uint8)
+        products.append(replace(product, codes=codes, column_scales=scales.astype(np.float32)))
+    return replace(group, plan=plan, products=tuple(products))
+
+
 class _Trial:
     """One session holding both paths of every group, an input choosing int8 per group: any
     mix of int8 and fp32 is one run away, and all fp32 is the reference."""
@@ -289,8 +332,14 @@ class _Emitter:
     def scalar(self, name: str, value: float, dtype: type[np.generic] = np.float32) -> str:
         return self.constant(name, np.array(value, dtype=dtype))
 
-    def op(self, op_type: str, inputs: Sequence[str], output: str, **attributes: Any) -> str:
-        domain = MICROSOFT_DOMAIN if op_type == "MatMulIntegerToFloat" else None
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        output: str,
+        domain: str | None = None,
+        **attributes: Any,
+    ) -> str:
         node = helper.make_node(op_type, list(inputs), [output], name=output, domain=domain)
         node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
         self.nodes.append(node)
@@ -400,19 +449,20 @@ def _int8_product(
     """MatMulIntegerToFloat(codes, int8 weight) * row scales, plus the fp32 outlier product."""
     assert group.plan is not None
     plan, prefix = group.plan, f"int8/{product.weight_name}"
-    inner = product.weight.copy()
-    inner[plan.outliers] = 0.0
-    column_scales = np.abs(inner).max(axis=0) / 127.0
-    column_scales[column_scales == 0] = 1.0
-    weight_codes = np.clip(np.rint(inner / column_scales), -127, 127).astype(np.int8)
+    assert product.codes is not None
+    assert product.column_scales is not None
     inputs = [
         codes,
-        emitter.constant(f"{prefix}/codes", weight_codes),
+        emitter.constant(f"{prefix}/codes", product.codes),
         emitter.scalar("int8/one", 1.0),
-        emitter.constant(f"{prefix}/column_scales", column_scales.astype(np.float32)),
+        emitter.constant(f"{prefix}/column_scales", product.column_scales),
         emitter.scalar(f"int8/zero_{plan.zero_point}", plan.zero_point, np.uint8),
     ]
-    unscaled = emitter.op("MatMulIntegerToFloat", inputs, f"{prefix}/unscaled")
+    if product.codes.dtype == np.uint8:
+        inputs.append(emitter.scalar("int8/zero_128", 128, np.uint8))
+    unscaled = emitter.op(
+        "MatMulIntegerToFloat", inputs, f"{prefix}/unscaled", domain=MICROSOFT_DOMAIN
+    )
     if not plan.outliers.size:
         return emitter.op("Mul", [unscaled, scales], output)
     scaled = emitter.op("Mul", [unscaled, scales], f"{prefix}/scaled")
@@ -449,8 +499,8 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def _batches(token_ids: Sequence[TokenIds], size: int = 16) -> Iterator[Batch]:
-    """Right-padded batches in the given order. Pad id 0 is safe: padded rows are masked out of
-    pooling and each row is quantised on its own, so they never change a real token."""
+    """Right-padded batches in the given order. Pad id 0 is safe: pad tokens are masked out of
+    attention and pooling, and each token is quantised on its own scale."""
     for start in range(0, len(token_ids), size):
         chunk = token_ids[start : start + size]
         width = max(1, *(len(ids) for ids in chunk))
