@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -31,11 +32,16 @@ def test_metrics_count_requests_tokens_batches_and_loads(server: RunningServer) 
             json={"model": "tiny", "input": ["hello world", "python"]},
             headers=headers,
         )
+    counted = 'ember_requests_total{route="/v1/embeddings",status="200"} 3.0'
+    deadline = time.monotonic() + 5  # a request is counted just after its reply is sent
     response = httpx.get(f"{server.base_url}/metrics", headers=headers)
+    while counted not in response.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+        response = httpx.get(f"{server.base_url}/metrics", headers=headers)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert 'ember_requests_total{route="/v1/embeddings",status="200"} 3.0' in text
+    assert counted in text
     assert 'ember_tokens_total{model="tiny"} 21.0' in text  # 3 x (4 + 3)
     assert 'ember_inputs_total{model="tiny"} 6.0' in text
     assert "ember_batch_sequences_count" in text
@@ -54,6 +60,12 @@ def test_one_access_log_line_per_request(
             json={"model": "tiny", "input": "hello"},
             headers={"Authorization": "Bearer k"},
         )
+        # The line is written once the response has been sent, so it may trail the reply.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            record.name == "ember.access" for record in caplog.records
+        ):
+            time.sleep(0.01)
     lines = [
         json.loads(record.getMessage())
         for record in caplog.records
