@@ -68,6 +68,8 @@ class ModelCard(BaseModel):
     max_tokens: int
     pooling: str
     normalize: bool
+    quantize: str | None = None
+    int8_min_cosine: float | None = None
     matryoshka_dimensions: list[int]
     prompts: dict[str, str]
     aliases: list[str]

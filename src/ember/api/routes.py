@@ -207,6 +207,8 @@ def _card(entry: RegisteredModel) -> ModelCard:
         max_tokens=settings.ctx_len,
         pooling=settings.pooling,
         normalize=settings.normalize,
+        quantize=settings.quantize,
+        int8_min_cosine=settings.int8_min_cosine,
         matryoshka_dimensions=settings.matryoshka_dimensions,
         prompts=settings.prompts,
         aliases=settings.aliases,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 import click
 
@@ -73,6 +73,11 @@ def pull(
 )
 @click.option("--no-normalize", is_flag=True, help="Do not L2-normalise the vectors.")
 @click.option("--ctx-len", type=click.IntRange(min=1), help="Maximum tokens per input.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    help="Also build an int8 graph and serve it (Hugging Face folders; min cosine in model.json).",
+)
 @home_options
 def add(
     path: Path,
@@ -81,6 +86,7 @@ def add(
     pooling: Pooling | None,
     no_normalize: bool,
     ctx_len: int | None,
+    quantize: Literal["int8"] | None,
     home: Path | None,
     models_dir: Path | None,
 ) -> None:
@@ -91,6 +97,7 @@ def add(
         pooling=pooling,
         normalize=False if no_normalize else None,
         ctx_len=ctx_len,
+        quantize=quantize,
     )
     target = settings_from(home=home, models_dir=models_dir).resolved_models_dir
     try:

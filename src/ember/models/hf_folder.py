@@ -19,6 +19,7 @@ from ember.pooling import Pooling
 log = logging.getLogger(__name__)
 
 GRAPH_FILE = "model.onnx"
+INT8_GRAPH_FILE = "model.int8.onnx"
 GraphBuilder = Callable[..., Any]
 
 
@@ -59,8 +60,30 @@ def register_hf_folder(
         config, _load_weights(folder), pooling=settings.pooling, normalize=settings.normalize
     )
     _save_graph(graph, folder / GRAPH_FILE)
+    if settings.quantize == "int8":
+        settings = _add_int8_graph(folder, graph, settings)
     write_settings(folder, settings)
     return settings
+
+
+def _add_int8_graph(folder: Path, graph: Any, settings: ModelSettings) -> ModelSettings:
+    """Quantise the fp32 graph beside it, measure it on held-out text, and serve it instead."""
+    from ember.engines.onnx_graphs.quantize import (
+        CALIBRATION_TEXTS,
+        FIDELITY_TEXTS,
+        measure_fidelity,
+        quantize_int8,
+    )
+    from ember.models.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(folder / "tokenizer.json", settings.ctx_len)
+    int8 = quantize_int8(graph, tokenizer.encode_truncated(CALIBRATION_TEXTS))
+    fidelity = measure_fidelity(graph, int8, tokenizer.encode_truncated(FIDELITY_TEXTS))
+    _save_graph(int8, folder / INT8_GRAPH_FILE)
+    log.info("%s: int8 min cosine %.5f to fp32", settings.id, fidelity.min_cosine)
+    return settings.model_copy(
+        update={"model_file": INT8_GRAPH_FILE, "int8_min_cosine": round(fidelity.min_cosine, 5)}
+    )
 
 
 # config.json `model_type` -> the module building its graph (imported only when used) and

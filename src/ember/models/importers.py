@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal
 
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.hf_folder import is_hf_folder, register_hf_folder
@@ -61,6 +61,7 @@ class AddOptions:
     pooling: Pooling | None = None
     normalize: bool | None = None
     ctx_len: int | None = None
+    quantize: Literal["int8"] | None = None
 
 
 def add_model(
@@ -74,6 +75,11 @@ def add_model(
     path = path.expanduser()
     if not path.exists():
         raise InvalidModelSettings(f"{path} does not exist")
+    if options.quantize is not None and not (path.is_dir() and is_hf_folder(path)):
+        raise InvalidModelSettings(
+            "--quantize applies to Hugging Face folders, whose graphs Ember builds; "
+            "ONNX and GGUF files run as they are"
+        )
     if path.is_file() and path.suffix.lower() == ".gguf":
         return [add_gguf_file(path, models_dir, options)]
     if path.is_file() and path.suffix.lower() == ".onnx":
@@ -244,7 +250,9 @@ def add_hf_folder(
             "says how to pool in its modules.json"
         )
     model_id = options.model_id or _safe_id(folder.name)
-    overrides = {"ctx_len": options.ctx_len} if options.ctx_len else {}
+    overrides: dict[str, Any] = {"ctx_len": options.ctx_len} if options.ctx_len else {}
+    if options.quantize is not None:
+        overrides["quantize"] = options.quantize
     with _staged_folder(models_dir, model_id) as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True, copy_function=_link_or_copy)
         (staging / SETTINGS_FILE).unlink(missing_ok=True)

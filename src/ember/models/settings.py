@@ -41,6 +41,14 @@ class ModelSettings(BaseModel):
     ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
     pooling: Pooling = Field(default="mean", description="How token states become one vector.")
     normalize: bool = Field(default=True, description="L2-normalise the pooled vector.")
+    quantize: Literal["int8"] | None = Field(
+        default=None,
+        description="Serve an int8 variant of the graph Ember built (Hugging Face folders).",
+    )
+    int8_min_cosine: float | None = Field(
+        default=None,
+        description="Min cosine of the int8 vectors to fp32 ones, measured on held-out text.",
+    )
     dimensions: int = Field(ge=1, description="Length of the vectors the model produces.")
     matryoshka_dimensions: list[int] = Field(
         default_factory=list,
