@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ember.engines.base import ModelTokenizer
 from ember.errors import InvalidRequest
-from ember.models.tokenizer import ModelTokenizer
 
 TokenIdsMode = Literal["auto", "model", "cl100k"]
 CL100K = "cl100k_base"

@@ -1,4 +1,5 @@
-"""The engine contract: embed a batch of token ids, say your limits, close."""
+"""The engine contract: embed a batch of token ids, say your limits, close; and what serving
+needs of a tokenizer, which engines that tokenise themselves (GGUF) provide."""
 
 from __future__ import annotations
 
@@ -54,3 +55,20 @@ class Engine(Protocol):
     def embed(self, batch: TokenBatch) -> Vectors: ...
 
     def close(self) -> None: ...
+
+
+class ModelTokenizer(Protocol):
+    """What serving needs of a tokenizer; engines that tokenise themselves (GGUF) provide one."""
+
+    max_tokens: int
+    vocab_size: int
+
+    def encode(self, texts: Sequence[str]) -> list[TokenIds]: ...
+
+    def wrap(self, ids: Sequence[int]) -> TokenIds: ...
+
+    def is_wrapped(self, ids: Sequence[int]) -> bool: ...
+
+    def truncate_ids(self, ids: TokenIds) -> TokenIds: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...

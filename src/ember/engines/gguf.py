@@ -18,8 +18,7 @@ from ember.pooling import Pooling, normalize
 from ember.special_tokens import SpecialTokens
 
 if TYPE_CHECKING:
-    from ember.engines.base import Engine
-    from ember.models.tokenizer import ModelTokenizer
+    from ember.engines.base import Engine, ModelTokenizer
 
 log = logging.getLogger(__name__)
 

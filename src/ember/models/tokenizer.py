@@ -4,31 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from ember.engines.base import TokenIds
+from ember.engines.base import ModelTokenizer, TokenIds
 from ember.errors import ModelLoadFailed
 from ember.special_tokens import SpecialTokens
 
-
-class ModelTokenizer(Protocol):
-    """What serving needs of a tokenizer; engines that tokenise themselves (GGUF) provide one."""
-
-    max_tokens: int
-    vocab_size: int
-
-    def encode(self, texts: Sequence[str]) -> list[TokenIds]: ...
-
-    def wrap(self, ids: Sequence[int]) -> TokenIds: ...
-
-    def is_wrapped(self, ids: Sequence[int]) -> bool: ...
-
-    def truncate_ids(self, ids: TokenIds) -> TokenIds: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
+__all__ = ["ModelTokenizer", "TextTokenizer"]
 
 
 class TextTokenizer:
