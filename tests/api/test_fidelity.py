@@ -7,26 +7,18 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import numpy.typing as npt
 import openai
 import pytest
 
 from ember.settings import ServerSettings
 from tests.support.server import serve_in_thread
+from tests.support.vectors import cosines
 
 MODEL = "all-MiniLM-L6-v2"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference" / f"{MODEL}.npz")
 TEXTS: list[str] = json.loads((FIXTURES / "texts.json").read_text(encoding="utf-8"))
 LONG_TEXTS: list[str] = json.loads((FIXTURES / "long_texts.json").read_text(encoding="utf-8"))
-
-
-def cosines(vectors: npt.ArrayLike, reference: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    left = np.asarray(vectors, dtype=np.float64)
-    right = np.asarray(reference, dtype=np.float64)
-    return np.sum(left * right, axis=1) / (
-        np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
-    )
 
 
 def test_every_fixture_text_batched_together(client: openai.OpenAI) -> None:

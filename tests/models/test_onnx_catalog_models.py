@@ -22,6 +22,7 @@ from ember.models.manage import pull_and_register
 from ember.settings import ServerSettings
 from tests.support.models import wheel_cache
 from tests.support.server import RunningServer, serve_in_thread
+from tests.support.vectors import cosines
 
 PARAPHRASE = "paraphrase-MiniLM-L3-v2"
 INT8 = "all-MiniLM-L6-v2-int8"
@@ -110,14 +111,6 @@ def client(server: RunningServer) -> openai.OpenAI:
 def http(server: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
         yield client
-
-
-def cosines(vectors: Any, expected: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """Row-wise cosine similarity of two [n, dims] arrays."""
-    got = np.asarray(vectors, dtype=np.float64)
-    want = np.asarray(expected, dtype=np.float64)
-    dots = (got * want).sum(axis=1)
-    return np.asarray(dots / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)))
 
 
 def test_paraphrase_reference_covers_the_fixture(
