@@ -1,15 +1,16 @@
 """Forms engine batches from pending work: by token budget, similar lengths together.
 
 Padding is the main waste of a transformer batch: a 5-token text batched with a 250-token
-one costs 250 tokens. So the pending pool is kept sorted by length and each batch is grown
-around the oldest pending item (which guarantees every item progresses) towards neighbours
-of similar length, until the padded cost would exceed the budget.
+one costs 250 tokens. So every pending sequence sits in one window sorted by length, and each
+batch is a run of neighbours in that order, grown until the padded cost would exceed the
+budget. Fairness is between requests, not sequences: the run is grown around an item of the
+request whose turn it is, and requests take turns, so a small request never waits behind
+all of a large one however much of it is pending.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,6 @@ import numpy as np
 
 from ember.engines.base import TokenIds, Vectors
 
-_arrival = itertools.count()
-
 
 @dataclass(eq=False)
 class EmbeddingJob:
@@ -27,8 +26,8 @@ class EmbeddingJob:
 
     sequences: Sequence[TokenIds]
     future: asyncio.Future[Vectors]
-    next_index: int = 0
     remaining: int = field(init=False)
+    queued: int = 0  # its items still in the pending pool
     vectors: Vectors | None = None
 
     def __post_init__(self) -> None:
@@ -37,10 +36,6 @@ class EmbeddingJob:
     @property
     def active(self) -> bool:
         return not self.future.done()
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(sequence) for sequence in self.sequences)
 
     def store(self, index: int, vector: Vectors) -> None:
         """Keep one result; resolve the job when it was the last."""
@@ -59,65 +54,57 @@ class WorkItem:
     job: EmbeddingJob
     index: int
     length: int
-    arrival: int = field(default_factory=lambda: next(_arrival))
 
 
 class PendingPool:
-    """Work waiting for the engine: jobs in arrival order and a length-sorted window of items."""
+    """Work waiting for the engine: all pending items sorted by length, jobs taking turns.
 
-    def __init__(self, token_budget: int, window_batches: int = 4) -> None:
+    Not thread-safe: its owner serialises access.
+    """
+
+    def __init__(self, token_budget: int) -> None:
         self.token_budget = token_budget
-        self._window_tokens = token_budget * window_batches
-        self._jobs: deque[EmbeddingJob] = deque()
         self._window: list[WorkItem] = []
+        self._turns: deque[EmbeddingJob] = deque()
 
     def add(self, job: EmbeddingJob) -> None:
-        self._jobs.append(job)
+        self._window.extend(
+            WorkItem(job, index, len(sequence)) for index, sequence in enumerate(job.sequences)
+        )
+        self._window.sort(key=_length)  # stable: equal lengths stay in arrival order
+        job.queued = len(job.sequences)
+        self._turns.append(job)
 
     def __bool__(self) -> bool:
         self._drop_inactive()
-        return bool(self._window) or bool(self._jobs)
+        return bool(self._window)
 
     @property
     def queued_items(self) -> int:
-        return len(self._window) + sum(
-            len(job.sequences) - job.next_index for job in self._jobs if job.active
-        )
+        return sum(job.queued for job in self._turns if job.active)
 
     def next_batch(self) -> list[WorkItem]:
         """The next batch to run, or [] when nothing is waiting."""
         self._drop_inactive()
-        self._refill()
         if not self._window:
             return []
-        oldest = min(range(len(self._window)), key=lambda position: self._window[position].arrival)
-        start, stop = self._grow(oldest)
+        turn = self._turns[0]
+        seed = next(position for position, item in enumerate(self._window) if item.job is turn)
+        start, stop = self._grow(seed)
         batch = self._window[start:stop]
         del self._window[start:stop]
+        for item in batch:
+            item.job.queued -= 1
+        self._turns.rotate(-1)
+        if any(item.job.queued == 0 for item in batch):
+            self._turns = deque(job for job in self._turns if job.queued > 0)
         return batch
 
     def _drop_inactive(self) -> None:
+        if all(job.active for job in self._turns):
+            return
         self._window = [item for item in self._window if item.job.active]
-        while self._jobs and not self._jobs[0].active:
-            self._jobs.popleft()
-
-    def _refill(self) -> None:
-        """Take items round-robin across jobs so one large request cannot starve the others."""
-        tokens = sum(item.length for item in self._window)
-        added = False
-        while self._jobs and tokens < self._window_tokens:
-            job = self._jobs.popleft()
-            if not job.active:
-                continue
-            length = len(job.sequences[job.next_index])
-            self._window.append(WorkItem(job, job.next_index, length))
-            tokens += length
-            added = True
-            job.next_index += 1
-            if job.next_index < len(job.sequences):
-                self._jobs.append(job)
-        if added:
-            self._window.sort(key=lambda item: item.length)
+        self._turns = deque(job for job in self._turns if job.active)
 
     def _grow(self, seed: int) -> tuple[int, int]:
         """Widen [seed, seed+1) over the sorted window while the padded cost fits the budget."""
@@ -132,3 +119,7 @@ class PendingPool:
                 stop += 1
             else:
                 return start, stop
+
+
+def _length(item: WorkItem) -> int:
+    return item.length

@@ -1,11 +1,19 @@
-"""The per-model loop that feeds an engine from its pending pool on a dedicated thread."""
+"""The per-model engine thread that pulls batches from the model's pending pool.
+
+The engine thread forms each batch itself, the moment it is free: whatever arrived while the
+previous batch ran joins the next one, and the engine never waits for the event loop to hand
+it work. Requests add work and wake it; results go back to the event loop in one call per
+batch. Faults are handled on the event loop (reloading a model is async) while the thread
+waits.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
 from ember.errors import EmbeddingUnsupported, EmberError, EngineFailure, Overloaded
@@ -21,11 +29,7 @@ BatchObserver = Callable[[int, int], None]
 
 
 class ModelWorker:
-    """Batches one model's work across requests and runs it, one engine call at a time.
-
-    Up to two batches are handed to the engine thread at once, so the engine never waits
-    while the event loop distributes results or encodes responses.
-    """
+    """Batches one model's work across requests and runs it on one engine thread."""
 
     def __init__(
         self,
@@ -38,32 +42,41 @@ class ModelWorker:
     ) -> None:
         self.name = name
         self._engine_source = engine_source
-        self._pool = PendingPool(token_budget)
         self._max_queued_items = max_queued_items
         self._observe_batch = observe_batch
-        self._wakeup = asyncio.Event()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
-        self._task: asyncio.Task[None] | None = None
+        # Everything below is shared with the engine thread and guarded by _ready's lock.
+        self._ready = threading.Condition()
+        self._pool = PendingPool(token_budget)
+        self._engine: Engine | None = None  # held only while work is pending (unload frees it)
+        self._paused = False  # a fault is being handled on the event loop
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def queued_items(self) -> int:
-        return self._pool.queued_items
+        with self._ready:
+            return self._pool.queued_items
 
     async def embed(self, sequences: Sequence[TokenIds]) -> Vectors:
         """Vectors for `sequences`, in order; cancelling the await drops the queued work."""
-        waiting = self._pool.queued_items
-        # An idle queue takes any request: one larger than the bound would otherwise get 429
-        # forever, and retrying it could never help.
-        if waiting and waiting + len(sequences) > self._max_queued_items:
-            raise Overloaded(
-                f"The queue of model '{self.name}' is full "
-                f"({waiting} inputs waiting); retry shortly."
-            )
+        engine = await self._engine_source(False)  # loads the model on first use
         job = EmbeddingJob(sequences, asyncio.get_running_loop().create_future())
-        self._pool.add(job)
-        self._wakeup.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"worker-{self.name}")
+        with self._ready:
+            waiting = self._pool.queued_items
+            # An idle queue takes any request: one larger than the bound would otherwise get
+            # 429 forever, and retrying it could never help.
+            if waiting and waiting + len(sequences) > self._max_queued_items:
+                raise Overloaded(
+                    f"The queue of model '{self.name}' is full "
+                    f"({waiting} inputs waiting); retry shortly."
+                )
+            if not self._paused:
+                self._engine = engine
+            self._pool.add(job)
+            self._start_thread()
+            self._ready.notify()
         try:
             return await job.future
         finally:
@@ -71,89 +84,100 @@ class ModelWorker:
                 job.future.cancel()  # the caller went away: its items are skipped
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._thread.shutdown(wait=True)
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+            thread = self._thread
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
 
-    async def _run(self) -> None:
-        in_flight: list[tuple[list[WorkItem], asyncio.Future[Vectors]]] = []
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._serve, name=f"engine-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def _serve(self) -> None:
+        """The engine thread: take the next batch when free, run it, post the result."""
+        loop = self._loop
+        assert loop is not None
         while True:
-            if not in_flight and not self._pool:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Asked every round, so a reload or unload elsewhere is seen at once.
-            engine = await self._engine_or_fail_all()
-            if engine is None:
-                continue
-            while len(in_flight) < 2:
+            with self._ready:
+                while not self._closed and (self._paused or not self._pool):
+                    self._ready.wait()
+                if self._closed:
+                    return
+                engine = self._engine
                 batch = self._pool.next_batch()
-                if not batch:
-                    break
-                in_flight.append((batch, self._submit(engine, batch)))
-            if not in_flight:
+                if not self._pool:
+                    self._engine = None
+            if not batch:
                 continue
-            batch, pending = in_flight.pop(0)
             try:
-                vectors = await pending
-            except EmbeddingUnsupported:
-                await self._drain(in_flight)
-                await self._retry_with_reload(batch)
-                continue
+                vectors = self._run(engine, batch)
             except Exception as exc:  # an engine fault must fail its batch, not the worker
-                log.exception("engine of %s failed on a batch of %d", self.name, len(batch))
-                self._fail(batch, self._failure(exc))
-                await self._drain(in_flight)
-                await self._reload()
-                continue
-            self._deliver(batch, vectors)
+                with self._ready:
+                    self._paused = True
+                outcome = functools.partial(self._start_recovery, batch, exc)
+            else:
+                outcome = functools.partial(_deliver, batch, vectors)
+            try:
+                loop.call_soon_threadsafe(outcome)
+            except RuntimeError:  # the event loop is gone: the server is exiting
+                return
 
-    def _submit(self, engine: Engine, batch: list[WorkItem]) -> asyncio.Future[Vectors]:
+    def _run(self, engine: Engine | None, batch: list[WorkItem]) -> Vectors:
+        if engine is None:  # never expected: pending work always comes with its engine
+            raise EngineFailure(f"The model '{self.name}' had no engine for a pending batch.")
         tokens = TokenBatch([item.job.sequences[item.index] for item in batch])
         if self._observe_batch is not None:
             self._observe_batch(len(tokens), tokens.padded_tokens)
-        return asyncio.get_running_loop().run_in_executor(self._thread, engine.embed, tokens)
+        return engine.embed(tokens)
 
-    async def _engine_or_fail_all(self) -> Engine | None:
+    def _start_recovery(self, batch: list[WorkItem], exc: Exception) -> None:
+        self._recovery = asyncio.create_task(self._recover(batch, exc), name=f"recover-{self.name}")
+
+    async def _recover(self, batch: list[WorkItem], exc: Exception) -> None:
+        """Settle the failed batch, reload the model and let the engine thread go on."""
+        engine: Engine | None = None
         try:
-            return await self._engine_source(False)
+            if isinstance(exc, EmbeddingUnsupported):
+                engine = await self._retry_with_reload(batch)
+            else:
+                log.error(
+                    "engine of %s failed on a batch of %d", self.name, len(batch), exc_info=exc
+                )
+                _fail(batch, self._failure(exc))
+                engine = await self._engine_source(True)
         except EmberError as exc:
             self._fail_everything_pending(exc)
-            return None
+        finally:
+            with self._ready:
+                self._engine = engine if self._pool else None
+                self._paused = False
+                self._ready.notify()
 
-    async def _retry_with_reload(self, batch: list[WorkItem]) -> None:
+    async def _retry_with_reload(self, batch: list[WorkItem]) -> Engine | None:
         """The instance cannot embed: reload it in embedding mode and retry the batch once."""
+        engine = await self._engine_source(True)
+        tokens = TokenBatch([item.job.sequences[item.index] for item in batch])
         try:
-            engine = await self._engine_source(True)
-            vectors = await self._submit(engine, batch)
+            vectors = await asyncio.to_thread(engine.embed, tokens)
         except EmbeddingUnsupported:
             unsupported = EmbeddingUnsupported("Embeddings endpoint not available", self.name)
-            self._fail(batch, unsupported)
+            _fail(batch, unsupported)
             self._fail_everything_pending(unsupported)
-            return
-        except EmberError as exc:
-            self._fail(batch, exc)
-            return
+            return None
         except Exception as exc:
-            self._fail(batch, self._failure(exc))
-            return
-        self._deliver(batch, vectors)
-
-    async def _reload(self) -> None:
-        try:
-            await self._engine_source(True)
-        except EmberError as exc:
-            self._fail_everything_pending(exc)
-
-    async def _drain(self, in_flight: list[tuple[list[WorkItem], asyncio.Future[Vectors]]]) -> None:
-        """Settle batches already handed to the engine before it is replaced."""
-        for batch, pending in in_flight:
-            try:
-                self._deliver(batch, await pending)
-            except Exception as exc:
-                self._fail(batch, self._failure(exc))
-        in_flight.clear()
+            _fail(batch, self._failure(exc))
+            return engine
+        _deliver(batch, vectors)
+        return engine
 
     def _failure(self, exc: Exception) -> EmberError:
         if isinstance(exc, EmberError):
@@ -163,18 +187,22 @@ class ModelWorker:
             f"({type(exc).__name__}); it has been reloaded, retry the request."
         )
 
-    @staticmethod
-    def _deliver(batch: list[WorkItem], vectors: Vectors) -> None:
-        for item, vector in zip(batch, vectors, strict=True):
-            if item.job.active:
-                item.job.store(item.index, vector)
-
     def _fail_everything_pending(self, error: EmberError) -> None:
-        while batch := self._pool.next_batch():
-            self._fail(batch, error)
+        with self._ready:
+            batches = []
+            while batch := self._pool.next_batch():
+                batches.append(batch)
+        for batch in batches:
+            _fail(batch, error)
 
-    @staticmethod
-    def _fail(batch: list[WorkItem], error: EmberError) -> None:
-        for item in batch:
-            if item.job.active:
-                item.job.future.set_exception(error)
+
+def _deliver(batch: list[WorkItem], vectors: Vectors) -> None:
+    for item, vector in zip(batch, vectors, strict=True):
+        if item.job.active:
+            item.job.store(item.index, vector)
+
+
+def _fail(batch: list[WorkItem], error: EmberError) -> None:
+    for item in batch:
+        if item.job.active:
+            item.job.future.set_exception(error)
