@@ -11,12 +11,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
 from ember.api.compute import Fingerprints
+from ember.api.direct import DirectRoute
 from ember.api.errors import install_error_handlers
 from ember.api.hosts import TrustedHostMiddleware, allowed_hosts
 from ember.api.metrics import Metrics
 from ember.api.observe import ObserveMiddleware
 from ember.api.protocol import EmbeddingRequest
-from ember.api.routes import protected, public
+from ember.api.routes import EMBEDDINGS_PATH, create_embeddings, protected, public
 from ember.api.shutdown import CutShortMiddleware
 from ember.api.state import AppState
 from ember.api.token_ids import Cl100k
@@ -67,7 +68,14 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
     app.include_router(public)
     app.include_router(protected)
     _register_request_schema(app)
-    # Added innermost first: CORS, trusted hosts, shutdown answers, observation around all.
+    # Added innermost first: the direct embeddings route, CORS, trusted hosts, shutdown
+    # answers, observation around all.
+    app.add_middleware(
+        DirectRoute,
+        method="POST",
+        path=EMBEDDINGS_PATH,
+        endpoint=create_embeddings,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

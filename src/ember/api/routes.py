@@ -37,6 +37,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 501, 503)
 }
 
+EMBEDDINGS_PATH = "/v1/embeddings"
+
 public = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 
@@ -48,7 +50,7 @@ async def health() -> dict[str, str]:
 
 
 @protected.post(
-    "/v1/embeddings",
+    EMBEDDINGS_PATH,
     response_model=CreateEmbeddingResponse,
     openapi_extra={
         "requestBody": {
