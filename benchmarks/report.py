@@ -145,7 +145,7 @@ def client_cpu_notes(results: Results, workloads: Sequence[Workload]) -> list[st
             summary = results.summary(workload.name, system)
             if summary is not None and summary.client_cpu_seconds is not None:
                 notes.append(
-                    f"{workload.title}, {system}: the httpx clients used "
+                    f"{workload.title}, {system}: the clients used "
                     f"{summary.client_cpu_seconds * 1000:.0f} ms of CPU per burst"
                 )
     return notes

@@ -1,10 +1,10 @@
 """The systems under test, behind one small interface: embed a workload once, report timings.
 
-HTTP systems (Ember, llama.cpp's server) are driven with httpx: a sync client for sequential
-requests, and for the concurrent workload a fresh AsyncClient per burst, so each of its clients
-opens its own connection as independent clients do. Idle connections are dropped by the client
-after a second, well before a server's keep-alive timeout (uvicorn: 5 s), so no request is ever
-sent on a connection the server is closing.
+HTTP systems (Ember, llama.cpp's server) are driven with httpx's sync client for sequential
+requests; idle connections are dropped by the client after a second, well before a server's
+keep-alive timeout (uvicorn: 5 s), so no request is ever sent on a connection the server is
+closing. The concurrent workload uses a lean asyncio client (lean_client.py), each of its
+clients on its own connection as independent clients are.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import orjson
+from lean_client import LeanPoster
 from workloads import Workload
 
 Vector = npt.NDArray[np.float32]
@@ -72,9 +73,13 @@ class ResponseError(RuntimeError):
 
 def decode_vectors(response: httpx.Response, expected: int) -> list[list[float]]:
     """The embeddings of an OpenAI response, checked for count."""
-    if response.status_code != 200:
-        raise ResponseError(f"HTTP {response.status_code}: {response.text[:300]}")
-    data = orjson.loads(response.content)["data"]
+    return parse_vectors(response.status_code, response.content, expected)
+
+
+def parse_vectors(status: int, content: bytes, expected: int) -> list[list[float]]:
+    if status != 200:
+        raise ResponseError(f"HTTP {status}: {content[:300].decode(errors='replace')}")
+    data = orjson.loads(content)["data"]
     if len(data) != expected:
         raise ResponseError(f"asked for {expected} vectors, got {len(data)}")
     return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
@@ -132,20 +137,16 @@ class HttpSystem:
         return Burst(seconds, latencies, time.process_time() - cpu_started)
 
     async def _burst(self, texts: list[str]) -> list[float]:
-        limits = httpx.Limits(max_connections=len(texts), max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=self._timeout) as client:
+        poster = LeanPoster(self._url)
+        bodies = [self._body(text) for text in texts]
 
-            async def one(text: str) -> float:
-                started = time.perf_counter()
-                response = await client.post(
-                    self._url,
-                    content=self._body(text),
-                    headers={"content-type": "application/json"},
-                )
-                decode_vectors(response, 1)
-                return time.perf_counter() - started
+        async def one(body: bytes) -> float:
+            started = time.perf_counter()
+            reply = await asyncio.wait_for(poster.post(body), self._timeout)
+            parse_vectors(reply.status, reply.body, 1)
+            return time.perf_counter() - started
 
-            return list(await asyncio.gather(*(one(text) for text in texts)))
+        return list(await asyncio.gather(*(one(body) for body in bodies)))
 
     def first_vector(self, workload: Workload) -> Vector:
         return normalized(self._post([workload.texts[0]], 1)[0])
