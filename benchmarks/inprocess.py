@@ -7,6 +7,7 @@ call filled until its padded size would pass the model's token budget (ubatch_si
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class EngineSystem:
             normalize_output=settings.normalize,
         )
         self._tokens: dict[str, list[TokenIds]] = {}
+        self._lanes = ThreadPoolExecutor(self._engine.lanes)
 
     def _ids(self, workload: Workload) -> list[TokenIds]:
         if workload.name not in self._tokens:
@@ -54,8 +56,7 @@ class EngineSystem:
     def batch(self, workload: Workload) -> float:
         plan = self._plan(self._ids(workload))
         started = time.perf_counter()
-        for token_batch in plan:
-            self._engine.embed(token_batch)
+        list(self._lanes.map(self._engine.embed, plan))
         return time.perf_counter() - started
 
     def queries(self, workload: Workload, count: int) -> list[float]:
@@ -78,4 +79,5 @@ class EngineSystem:
         return None  # shares this process with the benchmark itself
 
     def close(self) -> None:
+        self._lanes.shutdown()
         self._engine.close()

@@ -46,11 +46,16 @@ class Engine(Protocol):
     """A loaded model that turns token ids into sentence vectors.
 
     `embed` returns one float32 row per sequence, pooled and normalised as the model's
-    settings say. It is called from one worker thread at a time and may block.
+    settings say. It blocks; up to `lanes` calls run at once, each on its own thread.
     """
 
     @property
     def dimensions(self) -> int: ...
+
+    @property
+    def lanes(self) -> int:
+        """How many `embed` calls may run at once; 1 for engines that are not thread-safe."""
+        ...
 
     def embed(self, batch: TokenBatch) -> Vectors: ...
 

@@ -32,6 +32,10 @@ class FakeEngine:
     def dimensions(self) -> int:
         return self._dimensions
 
+    @property
+    def lanes(self) -> int:
+        return 1
+
     def embed(self, batch: TokenBatch) -> Vectors:
         if not self._embedding_mode:
             raise EmbeddingUnsupported("model instance was loaded without embeddings")

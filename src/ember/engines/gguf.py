@@ -180,6 +180,10 @@ class LlamaEngine:
     def dimensions(self) -> int:
         return self._dimensions
 
+    @property
+    def lanes(self) -> int:
+        return 1  # one llama.cpp context: calls must not overlap
+
     def embed(self, batch: TokenBatch) -> Vectors:
         rows = [self._embed_group(group) for group in self._groups(batch.sequences)]
         vectors = np.concatenate(rows) if rows else np.zeros((0, self._dimensions), np.float32)

@@ -31,6 +31,12 @@ class OnnxEngine:
     Graphs Ember builds pool and normalise inside the graph (`sentence_embedding`); ONNX
     files users bring may return token states or unnormalised vectors, which are finished
     here as the model's settings say.
+
+    On CPU the session runs each call on one thread and the scheduler runs one call per core
+    at once (`lanes`): whole batches side by side need no barrier between the cores after
+    every operator, which ONNX Runtime's intra-op pool does (and spins on). Measured on
+    MiniLM, 2 cores: 1.25-1.7x the tokens/s of one 2-thread run when other processes share
+    the cores, and a lone 10-token query is as fast on one thread as on two.
     """
 
     def __init__(
@@ -43,11 +49,14 @@ class OnnxEngine:
         pad_id: int = 0,
         gpu_layers: int = 0,
         threads: int | None = None,
+        lanes: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        cores = threads or available_cores()
+        self._lanes = 1 if gpu_layers > 0 else max(1, min(lanes or cores, cores))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
+        options.intra_op_num_threads = max(1, cores // self._lanes)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -79,6 +88,10 @@ class OnnxEngine:
     @property
     def dimensions(self) -> int:
         return self._dimensions
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
 
     def embed(self, batch: TokenBatch) -> Vectors:
         input_ids, attention_mask = batch.padded(self._pad_id)

@@ -66,12 +66,14 @@ class PendingPool:
         self.token_budget = token_budget
         self._window: list[WorkItem] = []
         self._turns: deque[EmbeddingJob] = deque()
+        self._tokens = 0
 
     def add(self, job: EmbeddingJob) -> None:
         self._window.extend(
             WorkItem(job, index, len(sequence)) for index, sequence in enumerate(job.sequences)
         )
         self._window.sort(key=_length)  # stable: equal lengths stay in arrival order
+        self._tokens += sum(len(sequence) for sequence in job.sequences)
         job.queued = len(job.sequences)
         self._turns.append(job)
 
@@ -83,16 +85,22 @@ class PendingPool:
     def queued_items(self) -> int:
         return sum(job.queued for job in self._turns if job.active)
 
-    def next_batch(self) -> list[WorkItem]:
-        """The next batch to run, or [] when nothing is waiting."""
+    def next_batch(self, share: int = 1) -> list[WorkItem]:
+        """The next batch to run, or [] when nothing is waiting.
+
+        `share`: how many idle engine lanes the pending work should be spread over; the batch
+        then takes at most that fraction of it, so one request can use every lane.
+        """
         self._drop_inactive()
         if not self._window:
             return []
+        budget = min(self.token_budget, -(-self._tokens // max(1, share)))
         turn = self._turns[0]
         seed = next(position for position, item in enumerate(self._window) if item.job is turn)
-        start, stop = self._grow(seed)
+        start, stop = self._grow(seed, budget)
         batch = self._window[start:stop]
         del self._window[start:stop]
+        self._tokens -= sum(item.length for item in batch)
         for item in batch:
             item.job.queued -= 1
         self._turns.rotate(-1)
@@ -105,17 +113,16 @@ class PendingPool:
             return
         self._window = [item for item in self._window if item.job.active]
         self._turns = deque(job for job in self._turns if job.active)
+        self._tokens = sum(item.length for item in self._window)
 
-    def _grow(self, seed: int) -> tuple[int, int]:
-        """Widen [seed, seed+1) over the sorted window while the padded cost fits the budget."""
+    def _grow(self, seed: int, budget: int) -> tuple[int, int]:
+        """Widen [seed, seed+1) over the sorted window while the padded cost fits `budget`."""
         start, stop = seed, seed + 1
         while True:
             count = stop - start + 1
-            if start > 0 and self._window[stop - 1].length * count <= self.token_budget:
+            if start > 0 and self._window[stop - 1].length * count <= budget:
                 start -= 1
-            elif (
-                stop < len(self._window) and self._window[stop].length * count <= self.token_budget
-            ):
+            elif stop < len(self._window) and self._window[stop].length * count <= budget:
                 stop += 1
             else:
                 return start, stop

@@ -1,10 +1,11 @@
-"""The per-model engine thread that pulls batches from the model's pending pool.
+"""The per-model engine threads ("lanes") that pull batches from the model's pending pool.
 
-The engine thread forms each batch itself, the moment it is free: whatever arrived while the
-previous batch ran joins the next one, and the engine never waits for the event loop to hand
-it work. Requests add work and wake it; results go back to the event loop in one call per
-batch. Faults are handled on the event loop (reloading a model is async) while the thread
-waits.
+A lane forms its batch itself, the moment it is free: whatever arrived while the previous
+batch ran joins the next one, and the engine never waits for the event loop to hand it work.
+Engines that allow it run one lane per core, each batch on one thread; work pending when
+several lanes are idle is split between them. Requests add work and wake a lane; results go
+back to the event loop in one call per batch. Faults are handled on the event loop
+(reloading a model is async) while the lanes wait.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ BatchObserver = Callable[[int, int], None]
 
 
 class ModelWorker:
-    """Batches one model's work across requests and runs it on one engine thread."""
+    """Batches one model's work across requests and runs it on the engine's lanes."""
 
     def __init__(
         self,
@@ -48,11 +49,12 @@ class ModelWorker:
         self._ready = threading.Condition()
         self._pool = PendingPool(token_budget)
         self._engine: Engine | None = None  # held only while work is pending (unload frees it)
-        self._paused = False  # a fault is being handled on the event loop
+        self._recovering = 0  # faults being handled on the event loop: lanes wait
+        self._running = 0  # lanes inside engine.embed
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._recovery: asyncio.Task[None] | None = None
+        self._recoveries: set[asyncio.Task[None]] = set()
 
     @property
     def queued_items(self) -> int:
@@ -72,10 +74,10 @@ class ModelWorker:
                     f"The queue of model '{self.name}' is full "
                     f"({waiting} inputs waiting); retry shortly."
                 )
-            if not self._paused:
+            if not self._recovering:
                 self._engine = engine
             self._pool.add(job)
-            self._start_thread()
+            self._start_lanes(engine.lanes)
             self._ready.notify()
         try:
             return await job.future
@@ -86,46 +88,53 @@ class ModelWorker:
     async def close(self) -> None:
         with self._ready:
             self._closed = True
-            self._ready.notify()
-            thread = self._thread
-        if self._recovery is not None:
-            self._recovery.cancel()
-            await asyncio.gather(self._recovery, return_exceptions=True)
-        if thread is not None:
+            self._ready.notify_all()
+            threads = list(self._threads)
+        for task in list(self._recoveries):
+            task.cancel()
+        await asyncio.gather(*self._recoveries, return_exceptions=True)
+        for thread in threads:
             await asyncio.to_thread(thread.join)
 
-    def _start_thread(self) -> None:
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._thread = threading.Thread(
-                target=self._serve, name=f"engine-{self.name}", daemon=True
+    def _start_lanes(self, lanes: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        while len(self._threads) < lanes:
+            thread = threading.Thread(
+                target=self._serve, name=f"engine-{self.name}-{len(self._threads)}", daemon=True
             )
-            self._thread.start()
+            self._threads.append(thread)
+            thread.start()
 
     def _serve(self) -> None:
-        """The engine thread: take the next batch when free, run it, post the result."""
+        """One lane: take the next batch when free, run it, post the result."""
         loop = self._loop
         assert loop is not None
         while True:
             with self._ready:
-                while not self._closed and (self._paused or not self._pool):
+                while not self._closed and (self._recovering or not self._pool):
                     self._ready.wait()
                 if self._closed:
                     return
                 engine = self._engine
-                batch = self._pool.next_batch()
+                idle_lanes = (engine.lanes if engine is not None else 1) - self._running
+                batch = self._pool.next_batch(share=idle_lanes)
                 if not self._pool:
                     self._engine = None
-            if not batch:
-                continue
+                elif idle_lanes > 1:
+                    self._ready.notify()  # work is left for another idle lane
+                self._running += 1
             try:
                 vectors = self._run(engine, batch)
             except Exception as exc:  # an engine fault must fail its batch, not the worker
                 with self._ready:
-                    self._paused = True
+                    self._recovering += 1
                 outcome = functools.partial(self._start_recovery, batch, exc)
             else:
                 outcome = functools.partial(_deliver, batch, vectors)
+            finally:
+                with self._ready:
+                    self._running -= 1
+                    self._ready.notify_all()
             try:
                 loop.call_soon_threadsafe(outcome)
             except RuntimeError:  # the event loop is gone: the server is exiting
@@ -159,8 +168,13 @@ class ModelWorker:
         finally:
             with self._ready:
                 self._engine = engine if self._pool else None
-                self._paused = False
-                self._ready.notify()
+                self._recovering -= 1
+                self._ready.notify_all()
+
+    def _wait_for_idle_lanes(self) -> None:
+        with self._ready:
+            while self._running and not self._closed:
+                self._ready.wait()
 
     async def _retry_with_reload(self, batch: list[WorkItem]) -> Engine | None:
         """The instance cannot embed: reload it in embedding mode and retry the batch once."""
