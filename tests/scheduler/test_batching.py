@@ -111,3 +111,12 @@ def test_cancelled_jobs_are_dropped_before_they_cost_compute(
     batches = drain(pool)
     assert all(job is kept for batch in batches for job, _, _ in batch)
     assert sum(len(batch) for batch in batches) == 2
+
+
+def test_idle_lanes_split_one_request_between_them(loop: asyncio.AbstractEventLoop) -> None:
+    pool = PendingPool(token_budget=512)
+    pool.add(make_job(loop, *([16] * 32)))  # 512 tokens: one batch for one lane
+    first = pool.next_batch(share=2)
+    second = pool.next_batch(share=1)
+    assert (len(first), len(second)) == (16, 16)
+    assert not pool.next_batch()

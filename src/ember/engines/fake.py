@@ -18,7 +18,8 @@ class FakeEngine:
 
     Faults are injected through options (model.json's `fake` mapping): `delay_seconds` per
     batch, `fail_token` (a token id whose presence makes the batch raise), and
-    `embedding_mode: false` (the instance cannot embed, like a model loaded for chat).
+    `embedding_mode: false` (the instance cannot embed, like a model loaded for chat);
+    `lanes` says how many calls the scheduler may run at once (default 1).
     """
 
     def __init__(self, dimensions: int, options: Mapping[str, Any]) -> None:
@@ -27,6 +28,7 @@ class FakeEngine:
         fail_token = options.get("fail_token")
         self._fail_token = None if fail_token is None else int(fail_token)
         self._embedding_mode = bool(options.get("embedding_mode", True))
+        self._lanes = int(options.get("lanes", 1))
 
     @property
     def dimensions(self) -> int:
@@ -34,7 +36,7 @@ class FakeEngine:
 
     @property
     def lanes(self) -> int:
-        return 1
+        return self._lanes
 
     def embed(self, batch: TokenBatch) -> Vectors:
         if not self._embedding_mode:

@@ -1,0 +1,83 @@
+"""The model worker's lanes: batches run side by side, results land in their requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from ember.engines.base import Engine, TokenBatch, Vectors
+from ember.engines.fake import FakeEngine
+from ember.scheduler.worker import ModelWorker
+
+
+class MeetingEngine(FakeEngine):
+    """Two lanes that must both be inside `embed` at once, or the barrier breaks."""
+
+    def __init__(self) -> None:
+        super().__init__(8, {"lanes": 2})
+        self.meeting = threading.Barrier(2, timeout=10)
+        self.batches: list[int] = []
+
+    def embed(self, batch: TokenBatch) -> Vectors:
+        self.meeting.wait()  # raises BrokenBarrierError unless another lane runs meanwhile
+        self.batches.append(len(batch))
+        return super().embed(batch)
+
+
+def test_one_request_is_split_over_idle_lanes_that_run_at_once() -> None:
+    engine = MeetingEngine()
+    reference = FakeEngine(8, {})
+
+    async def source(_reload: bool) -> Engine:
+        return engine
+
+    async def scenario() -> Vectors:
+        worker = ModelWorker("m", source, token_budget=512, max_queued_items=100)
+        try:
+            sequences = [np.arange(1, 17, dtype=np.int64) + offset for offset in range(32)]
+            return await worker.embed(sequences)
+        finally:
+            await worker.close()
+
+    vectors = asyncio.run(scenario())
+    assert sorted(engine.batches) == [16, 16]
+    expected = reference.embed(
+        TokenBatch([np.arange(1, 17, dtype=np.int64) + offset for offset in range(32)])
+    )
+    np.testing.assert_array_equal(vectors, expected)
+
+
+def test_a_fault_in_one_lane_fails_only_its_request_and_the_model_is_reloaded() -> None:
+    loads: list[bool] = []
+
+    async def source(reload: bool) -> Engine:
+        loads.append(reload)
+        return FakeEngine(8, {"lanes": 2, "fail_token": 999, "delay_seconds": 0.01})
+
+    async def scenario() -> tuple[list[object], Vectors]:
+        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+        try:
+            requests = [
+                worker.embed([np.array([1, 999, 2], dtype=np.int64)]),
+                *(worker.embed([np.arange(3, dtype=np.int64) + n]) for n in range(6)),
+            ]
+            outcomes = await asyncio.gather(*requests, return_exceptions=True)
+            after = await worker.embed([np.array([5, 6], dtype=np.int64)])
+            return outcomes, after
+        finally:
+            await worker.close()
+
+    outcomes, after = asyncio.run(scenario())
+    failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert failed, "the batch holding the failing token must fail"
+    assert all(type(outcome).__name__ == "EngineFailure" for outcome in failed)
+    assert len(failed) <= 3, "only the failing batch (at most half the pending work) fails"
+    reference = FakeEngine(8, {})
+    for n, outcome in enumerate(outcomes[1:]):
+        if not isinstance(outcome, BaseException):
+            expected = reference.embed(TokenBatch([np.arange(3, dtype=np.int64) + n]))
+            np.testing.assert_array_equal(outcome, expected)
+    assert True in loads, "the model is reloaded after an engine fault"
+    assert after.shape == (1, 8)
