@@ -56,7 +56,7 @@ def test_a_fault_in_one_lane_fails_only_its_request_and_the_model_is_reloaded() 
         loads.append(reload)
         return FakeEngine(8, {"lanes": 2, "fail_token": 999, "delay_seconds": 0.01})
 
-    async def scenario() -> tuple[list[object], Vectors]:
+    async def scenario() -> tuple[list[Vectors | BaseException], Vectors]:
         worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
         try:
             requests = [
