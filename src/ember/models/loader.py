@@ -71,6 +71,7 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
             normalize_output=settings.normalize,
             output_name=settings.onnx_output,
             gpu_layers=settings.ngl,
+            lanes=settings.lanes,
         )
     raise ModelLoadFailed(f"{settings.id}: unknown engine {settings.engine}", settings.id)
 

@@ -38,6 +38,14 @@ class ModelSettings(BaseModel):
     ubatch_size: int = Field(
         default=512, ge=1, description="Token budget of one engine call (padded tokens)."
     )
+    lanes: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "ONNX on CPU: batches run at once, each on cores/lanes threads. Default one per "
+            "core (throughput); 1 gives every batch all cores (a lone long input's latency)."
+        ),
+    )
     ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
     pooling: Pooling = Field(default="mean", description="How token states become one vector.")
     normalize: bool = Field(default=True, description="L2-normalise the pooled vector.")
