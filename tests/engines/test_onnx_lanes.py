@@ -1,4 +1,4 @@
-"""OnnxEngine lanes: one batch per core by default, `lanes` settable, GPU runs one lane."""
+"""OnnxEngine lanes: one per 4 cores by default, `lanes` settable, GPU runs one lane."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def engine(path: Path, **options: int) -> OnnxEngine:
     return OnnxEngine(path, pooling="mean", normalize_output=True, **options)
 
 
-def test_default_is_one_lane_per_core_and_settable(graph_file: Path) -> None:
-    assert engine(graph_file).lanes == available_cores()
+def test_default_is_one_lane_per_four_cores_and_settable(graph_file: Path) -> None:
+    assert engine(graph_file).lanes == max(1, available_cores() // 4)
+    assert engine(graph_file, threads=8).lanes == 2
     assert engine(graph_file, lanes=1).lanes == 1
     assert engine(graph_file, lanes=64).lanes == available_cores()
 

@@ -42,8 +42,8 @@ class ModelSettings(BaseModel):
         default=None,
         ge=1,
         description=(
-            "ONNX on CPU: batches run at once, each on cores/lanes threads. Default one per "
-            "core (throughput); 1 gives every batch all cores (a lone long input's latency)."
+            "ONNX on CPU: batches run at once, each on cores/lanes threads. Default: one per "
+            "4 cores. More lanes keep throughput when other processes share the cores."
         ),
     )
     ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
