@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from machine import OthersMonitor, wait_until_idle
@@ -65,9 +65,11 @@ class Summary:
 
 @dataclass
 class Results:
-    """Rounds by workload name, then by system name, in the order they ran."""
+    """Rounds by workload name, then by system name, in the order they ran; and the fp32
+    peak measured just before and just after each workload's group, the higher kept."""
 
     rounds: dict[str, dict[str, list[Round]]] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)
 
     def add(self, workload: str, system: str, result: Round) -> None:
         self.rounds.setdefault(workload, {}).setdefault(system, []).append(result)
@@ -87,6 +89,9 @@ class Results:
             client_cpu_seconds=median(cpu) if cpu else None,
             others_share=max(result.others_share for result in rounds),
         )
+
+    def peak_for(self, workload: str, fallback: float) -> float:
+        return self.peaks.get(workload, fallback)
 
 
 def one_round(system: System, workload: Workload, plan: Plan) -> Round | None:
@@ -138,12 +143,23 @@ def turn(
     raise AssertionError("unreachable")
 
 
-def measure(systems: Sequence[System], groups: Sequence[Sequence[Workload]], plan: Plan) -> Results:
-    """Every group of workloads in turn: warm-up, then `plan.rounds` alternating rounds."""
+def measure(
+    systems: Sequence[System],
+    groups: Sequence[Sequence[Workload]],
+    plan: Plan,
+    peak: Callable[[], float] | None = None,
+) -> Results:
+    """Every group of workloads in turn: warm-up, then `plan.rounds` alternating rounds.
+
+    `peak` measures the fp32 peak around each group: the machine's speed drifts when it is
+    a virtual machine whose neighbours are invisible to it, so % of peak compares a
+    workload with the peak of the same minutes.
+    """
     results = Results()
     monitor = OthersMonitor()
     budget = RetryBudget(plan.retry_budget_seconds)
     for group in groups:
+        before = peak() if peak is not None else 0.0
         started = time.perf_counter()
         able = {
             workload.name: [
@@ -158,6 +174,9 @@ def measure(systems: Sequence[System], groups: Sequence[Sequence[Workload]], pla
                         workload.name, system.name, turn(system, workload, plan, monitor, budget)
                     )
         took = time.perf_counter() - started
+        if peak is not None:
+            around = max(before, peak())
+            results.peaks.update(dict.fromkeys((workload.name for workload in group), around))
         titles = ", ".join(workload.title for workload in group)
         print(f"  {titles}: {took:.1f} s", file=sys.stderr)
     return results

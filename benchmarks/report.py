@@ -55,7 +55,9 @@ def workload_rows(
                     _times(ratio(ember, results.summary(workload.name, peer), workload.kind))
                     for peer in PEERS
                 ]
-            share = summary.tokens_per_second * flops_per_token / peak
+            share = (
+                summary.tokens_per_second * flops_per_token / results.peak_for(workload.name, peak)
+            )
             rows.append(
                 [
                     workload.title if first else "",
@@ -96,6 +98,10 @@ def render(
 ) -> str:
     peak = extras.peak
     peaks = ", ".join(f"{value / 1e9:.0f}" for value in extras.peak_flops)
+    around = (
+        ", ".join(f"{value / 1e9:.0f}" for value in dict.fromkeys(results.peaks.values()))
+        or "not measured"
+    )
     header = [
         "workload",
         "system",
@@ -108,7 +114,8 @@ def render(
         "vs llama.cpp",
     ]
     parts = [
-        f"fp32 peak (numpy SGEMM, 2 threads): {peak / 1e9:.0f} GFLOP/s (runs: {peaks}); "
+        f"fp32 peak (numpy SGEMM, 2 threads): {peak / 1e9:.0f} GFLOP/s (start and end: {peaks}; "
+        f"around each workload: {around}); "
         f"MiniLM {shape.layers}x{shape.hidden}/{shape.intermediate}: "
         f"{2 * shape.matmul_weights / 1e6:.1f} MFLOP/token + attention 4*n*H*L",
         "",

@@ -214,7 +214,7 @@ def main() -> None:
                 agreement = cosine(reference, system.first_vector(workloads[2]))
                 extras.notes.append(f"{system.name} vs Ember, same passage: cosine {agreement:.4f}")
             print(f"measuring {len(workloads)} workloads, {plan.rounds} rounds…", file=sys.stderr)
-            results = measure(systems, grouped(workloads), plan)
+            results = measure(systems, grouped(workloads), plan, peak=measure_peak)
             for system in systems:
                 memory = system.memory()
                 if memory is not None:

@@ -83,7 +83,8 @@ def target_rows(
     share = None
     if passages is not None and "passages" in by_name:
         tokens = by_name["passages"].tokens
-        share = passages.tokens_per_second * shape.flops(tokens) / sum(tokens) / extras.peak
+        peak = results.peak_for("passages", extras.peak)
+        share = passages.tokens_per_second * shape.flops(tokens) / sum(tokens) / peak
     if share is not None and share > 1.0:  # the peak run was slowed by other processes
         rows.append(["passages: >= 80% of fp32 peak", f"{share:.0%}: peak disturbed", "n/a"])
     else:

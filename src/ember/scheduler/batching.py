@@ -37,13 +37,18 @@ class EmbeddingJob:
     def active(self) -> bool:
         return not self.future.done()
 
-    def store(self, index: int, vector: Vectors) -> None:
-        """Keep one result; resolve the job when it was the last."""
+    def store(self, index: int, vector: Vectors) -> bool:
+        """Keep one result; True when it was the last (the caller then resolves the job on
+        the event loop, as asyncio futures require)."""
         if self.vectors is None:
             self.vectors = np.empty((len(self.sequences), vector.shape[-1]), dtype=np.float32)
         self.vectors[index] = vector
         self.remaining -= 1
-        if self.remaining == 0 and self.active:
+        return self.remaining == 0
+
+    def resolve(self) -> None:
+        """Hand over the vectors; on the event loop."""
+        if self.active and self.vectors is not None:
             self.future.set_result(self.vectors)
 
 

@@ -2,10 +2,10 @@
 
 A lane forms its batch itself, the moment it is free: whatever arrived while the previous
 batch ran joins the next one, and the engine never waits for the event loop to hand it work.
-Engines that allow it run one lane per core, each batch on one thread; work pending when
-several lanes are idle is split between them. Requests add work and wake a lane; results go
-back to the event loop in one call per batch. Faults are handled on the event loop
-(reloading a model is async) while the lanes wait.
+Engines that allow it run several lanes (see OnnxEngine); work pending when several lanes
+are idle is split between them. Requests add work and wake a lane; lanes store result rows
+in their requests and wake the event loop only when requests complete. Faults are handled
+on the event loop (reloading a model is async) while the lanes wait.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ class ModelWorker:
                 elif idle_lanes > 1:
                     self._ready.notify()  # work is left for another idle lane
                 self._running += 1
+            outcome: Callable[[], None] | None
             try:
                 vectors = self._run(engine, batch)
             except Exception as exc:  # an engine fault must fail its batch, not the worker
@@ -130,15 +131,29 @@ class ModelWorker:
                     self._recovering += 1
                 outcome = functools.partial(self._start_recovery, batch, exc)
             else:
-                outcome = functools.partial(_deliver, batch, vectors)
+                # Rows are stored here and the event loop is woken only for finished requests,
+                # not once per batch of a long request.
+                finished = self._store(batch, vectors)
+                outcome = functools.partial(_resolve, finished) if finished else None
             finally:
                 with self._ready:
                     self._running -= 1
                     self._ready.notify_all()
+            if outcome is None:
+                continue
             try:
                 loop.call_soon_threadsafe(outcome)
             except RuntimeError:  # the event loop is gone: the server is exiting
                 return
+
+    def _store(self, batch: list[WorkItem], vectors: Vectors) -> list[EmbeddingJob]:
+        """Keep a batch's rows in their requests; the requests now complete."""
+        with self._ready:  # lanes may store into one request at once
+            return [
+                item.job
+                for item, vector in zip(batch, vectors, strict=True)
+                if item.job.active and item.job.store(item.index, vector)
+            ]
 
     def _run(self, engine: Engine | None, batch: list[WorkItem]) -> Vectors:
         if engine is None:  # never expected: pending work always comes with its engine
@@ -190,7 +205,7 @@ class ModelWorker:
         except Exception as exc:
             _fail(batch, self._failure(exc))
             return engine
-        _deliver(batch, vectors)
+        _resolve(self._store(batch, vectors))
         return engine
 
     def _failure(self, exc: Exception) -> EmberError:
@@ -210,10 +225,9 @@ class ModelWorker:
             _fail(batch, error)
 
 
-def _deliver(batch: list[WorkItem], vectors: Vectors) -> None:
-    for item, vector in zip(batch, vectors, strict=True):
-        if item.job.active:
-            item.job.store(item.index, vector)
+def _resolve(finished: list[EmbeddingJob]) -> None:
+    for job in finished:
+        job.resolve()
 
 
 def _fail(batch: list[WorkItem], error: EmberError) -> None:
