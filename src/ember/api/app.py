@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from ember import __version__
 from ember.api.compute import Fingerprints
@@ -27,8 +28,9 @@ from ember.scheduler import Scheduler
 from ember.settings import ServerSettings
 
 
-def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) -> FastAPI:
-    """A ready app; state lives on `app.state`, so several apps can share one process."""
+def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) -> ASGIApp:
+    """A ready ASGI app: FastAPI inside Ember's middlewares. State lives on the FastAPI
+    app's `state`, so several apps can share one process."""
     metrics = Metrics()
     budget = settings.max_loaded_memory_mb
     registry = registry or ModelRegistry(
@@ -68,27 +70,25 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
     app.include_router(public)
     app.include_router(protected)
     _register_request_schema(app)
-    # Added innermost first: the direct embeddings route, CORS, trusted hosts, shutdown
-    # answers, observation around all.
-    app.add_middleware(
-        DirectRoute,
-        method="POST",
-        path=EMBEDDINGS_PATH,
-        endpoint=create_embeddings,
-    )
+    hot_route = DirectRoute(app, method="POST", path=EMBEDDINGS_PATH, endpoint=create_embeddings)
+    return _around_everything(hot_route, settings, metrics)
+
+
+def _around_everything(app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
+    """The middlewares every request passes, innermost first: CORS, trusted hosts, shutdown
+    answers, observation. They wrap FastAPI from outside, so the embeddings route (answered
+    by DirectRoute before FastAPI) skips FastAPI's own middleware stack too."""
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
+        app = CORSMiddleware(
+            app,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
         )
     hosts = allowed_hosts(settings.host, settings.allowed_hosts)
     if hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, hosts=hosts)
-    app.add_middleware(CutShortMiddleware)
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
-    return app
+        app = TrustedHostMiddleware(app, hosts=hosts)
+    return ObserveMiddleware(CutShortMiddleware(app), metrics=metrics)
 
 
 async def _unload_idle_models(registry: ModelRegistry, interval: float) -> None:
