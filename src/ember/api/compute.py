@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -84,29 +85,37 @@ async def _scheduled(
 async def _until_done_or_gone(
     request: Request, embedding: Awaitable[Vectors], timeout: float
 ) -> Vectors:
-    """Await the vectors; give up (and drop the queued work) on disconnect or timeout."""
-    work = asyncio.ensure_future(embedding)
-    gone = asyncio.ensure_future(_disconnected(request))
+    """Await the vectors; give up (and drop the queued work) on disconnect or timeout.
+
+    The vectors are awaited in the request's own task; a watcher cancels that task if the
+    client disconnects (one task per request, not two and an asyncio.wait).
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_cancel_when_gone(request, handler, gone))
     try:
-        done, _ = await asyncio.wait(
-            {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        async with asyncio.timeout(timeout):
+            return await embedding
+    except TimeoutError:
+        raise RequestTimedOut(
+            f"The request did not finish within {timeout:g} s and was dropped."
+        ) from None
     except asyncio.CancelledError:
-        work.cancel()  # the request itself was cancelled (shutdown): drop its queued work
-        raise
+        if not gone.is_set():
+            raise  # the server cancelled the request (shutdown): its queued work is dropped
+        handler.uncancel()
+        raise ClientGone from None
     finally:
-        gone.cancel()
-    if work in done:
-        return work.result()
-    work.cancel()
-    await asyncio.gather(work, return_exceptions=True)
-    if gone in done:
-        raise ClientGone
-    raise RequestTimedOut(f"The request did not finish within {timeout:g} s and was dropped.")
+        watcher.cancel()
 
 
-async def _disconnected(request: Request) -> None:
+async def _cancel_when_gone(
+    request: Request, handler: asyncio.Task[Any], gone: asyncio.Event
+) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            gone.set()
+            handler.cancel()
             return
