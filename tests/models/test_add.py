@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from ember.cli import main
 from ember.engines.base import TokenBatch
+from ember.engines.onnx import available_cores
 from ember.engines.onnx_graphs.bert import build_bert_graph
 from ember.errors import InvalidModelSettings
 from ember.models.importers import AddOptions, add_model, read_gguf_metadata
@@ -250,6 +251,17 @@ def test_a_hugging_face_folder_is_copied_in_and_built(
     loaded.engine.close()
     expected = reference_vectors(bert_folder, ids, normalize=True)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_lanes_in_model_json_reach_the_engine(bert_folder: TinyBertFolder, home: Path) -> None:
+    add(bert_folder.path, home, "--id", "tiny-bert-lanes")
+    folder = home / "models" / "tiny-bert-lanes"
+    settings = read_settings(folder).model_copy(update={"lanes": 2})
+    loaded = load_model(folder, settings)
+    try:
+        assert loaded.engine.lanes == min(2, available_cores())
+    finally:
+        loaded.engine.close()
 
 
 def test_hf_folders_refuse_pooling_options(bert_folder: TinyBertFolder, home: Path) -> None:
