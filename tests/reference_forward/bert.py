@@ -36,7 +36,7 @@ def bert_last_hidden_state(
     attention_mask: npt.NDArray[np.int64],
 ) -> Array:
     """BertModel's last_hidden_state [batch, seq, hidden], token_type_ids all 0."""
-    params = _strip_prefix(weights)
+    params = strip_prefix(weights, ("bert.",), encoder_only=True)
     eps = float(config["layer_norm_eps"])
     seq_len = input_ids.shape[1]
     words = params["embeddings.word_embeddings.weight"][input_ids]
@@ -84,20 +84,31 @@ def self_attention(
     query = split_heads(linear(hidden, params, prefix + "query"))
     key = split_heads(linear(hidden, params, prefix + "key"))
     value = split_heads(linear(hidden, params, prefix + "value"))
-    scores = query @ key.transpose(0, 1, 3, 2) / math.sqrt(head_size)
-    # Hugging Face adds the most negative float to the scores of padded keys.
-    scores = scores + (1.0 - attention_mask[:, None, None, :]) * np.finfo(np.float64).min
+    context = attend(query, key, value, padding_bias(attention_mask))
+    return context.transpose(0, 2, 1, 3).reshape(batch, seq_len, width)
+
+
+def padding_bias(attention_mask: npt.NDArray[np.int64]) -> Array:
+    """Hugging Face adds the most negative float to the scores of padded keys."""
+    bias: Array = (1.0 - attention_mask[:, None, None, :]) * np.finfo(np.float64).min
+    return bias
+
+
+def attend(query: Array, key: Array, value: Array, score_bias: Array | float = 0.0) -> Array:
+    """softmax(q k^T / sqrt(d) + score_bias) v over the last two axes ([..., seq, head])."""
+    scores = query @ np.swapaxes(key, -1, -2) / math.sqrt(query.shape[-1]) + score_bias
     scores = scores - scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs = probs / probs.sum(axis=-1, keepdims=True)
     context: Array = probs @ value
-    return context.transpose(0, 2, 1, 3).reshape(batch, seq_len, width)
+    return context
 
 
 def linear(states: Array, params: Mapping[str, Array], name: str) -> Array:
-    """torch.nn.Linear: weight is [out, in]."""
+    """torch.nn.Linear: weight is [out, in]; the bias may be absent (nomic's qkv and fc)."""
     product: Array = states @ params[name + ".weight"].T
-    return product + params[name + ".bias"]
+    bias = params.get(name + ".bias")
+    return product if bias is None else product + bias
 
 
 def layer_norm(states: Array, params: Mapping[str, Array], name: str, eps: float) -> Array:
@@ -143,11 +154,19 @@ def l2_normalize(vectors: Array) -> Array:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def _strip_prefix(weights: Mapping[str, npt.NDArray[Any]]) -> dict[str, Array]:
-    """Canonical names (no `bert.`), float64; buffers and the pooler are dropped."""
+def strip_prefix(
+    weights: Mapping[str, npt.NDArray[Any]], prefixes: tuple[str, ...], *, encoder_only: bool
+) -> dict[str, Array]:
+    """Canonical names (wrapper prefixes removed), in float64; with `encoder_only`, buffers,
+    the pooler and heads are dropped."""
     params = {}
     for name, tensor in weights.items():
-        canonical = name.removeprefix("bert.")
-        if canonical.startswith(("embeddings", "encoder")) and not canonical.endswith("_ids"):
-            params[canonical] = np.asarray(tensor, dtype=np.float64)
+        canonical = name
+        for prefix in prefixes:
+            canonical = canonical.removeprefix(prefix)
+        if encoder_only and not (
+            canonical.startswith(("embeddings", "encoder")) and not canonical.endswith("_ids")
+        ):
+            continue
+        params[canonical] = np.asarray(tensor, dtype=np.float64)
     return params

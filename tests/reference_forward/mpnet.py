@@ -9,7 +9,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tests.reference_forward.bert import Array, activation, l2_normalize, layer_norm, linear, pool
+from tests.reference_forward.bert import (
+    Array,
+    activation,
+    attend,
+    l2_normalize,
+    layer_norm,
+    linear,
+    padding_bias,
+    pool,
+    strip_prefix,
+)
 
 PAD_ID = 1  # MPNetEmbeddings.padding_idx: <pad>, and the position that padding gets
 
@@ -36,7 +46,7 @@ def mpnet_last_hidden_state(
     attention_mask: npt.NDArray[np.int64],
 ) -> Array:
     """MPNetModel's last_hidden_state [batch, seq, hidden]."""
-    params = _strip_prefix(weights)
+    params = strip_prefix(weights, ("mpnet.",), encoder_only=True)
     eps = float(config["layer_norm_eps"])
     # create_position_ids_from_input_ids: real tokens count up from PAD_ID + 1, padding gets PAD_ID.
     not_pad = (input_ids != PAD_ID).astype(np.int64)
@@ -113,22 +123,6 @@ def self_attention(
     query = split_heads(linear(hidden, params, prefix + "q"))
     key = split_heads(linear(hidden, params, prefix + "k"))
     value = split_heads(linear(hidden, params, prefix + "v"))
-    scores = query @ key.transpose(0, 1, 3, 2) / math.sqrt(head_size)
-    scores = scores + position_bias[None]
-    # get_extended_attention_mask: the most negative float on the scores of padded keys.
-    scores = scores + (1.0 - attention_mask[:, None, None, :]) * np.finfo(np.float64).min
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores)
-    probs = probs / probs.sum(axis=-1, keepdims=True)
-    context = (probs @ value).transpose(0, 2, 1, 3).reshape(batch, seq_len, width)
-    return linear(context, params, prefix + "o")
-
-
-def _strip_prefix(weights: Mapping[str, npt.NDArray[Any]]) -> dict[str, Array]:
-    """Canonical names (no `mpnet.`), float64; buffers, the pooler and the LM head are dropped."""
-    params = {}
-    for name, tensor in weights.items():
-        canonical = name.removeprefix("mpnet.")
-        if canonical.startswith(("embeddings", "encoder")) and not canonical.endswith("_ids"):
-            params[canonical] = np.asarray(tensor, dtype=np.float64)
-    return params
+    context = attend(query, key, value, position_bias[None] + padding_bias(attention_mask))
+    merged = context.transpose(0, 2, 1, 3).reshape(batch, seq_len, width)
+    return linear(merged, params, prefix + "o")

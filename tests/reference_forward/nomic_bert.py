@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tests.reference_forward.bert import l2_normalize
+from tests.reference_forward.bert import (
+    Array,
+    activation,
+    attend,
+    l2_normalize,
+    layer_norm,
+    linear,
+    strip_prefix,
+)
 
-Array = npt.NDArray[np.float64]
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
 # Prefixes the tensors carry in checkpoints saved from the wrapper classes.
 _PREFIXES = ("bert.", "model.")
 
@@ -32,7 +36,7 @@ def nomic_sentence_embeddings(
     Every row is run on its own, without padding, as upstream runs a batch of one; padded
     batches of the graph must agree with this. Rows must be right-padded.
     """
-    params = _strip_prefix(weights)
+    params = strip_prefix(weights, _PREFIXES, encoder_only=False)
     vectors = []
     for ids, mask in zip(input_ids, attention_mask, strict=True):
         length = int(mask.sum())
@@ -94,14 +98,10 @@ def attention(
         interleaved = bool(config.get("rotary_emb_interleaved", False))
         query = apply_rotary(query, cos, sin, interleaved)
         key = apply_rotary(key, cos, sin, interleaved)
-    context = np.empty_like(query)
-    for head in range(heads):
-        scores = query[:, head] @ key[:, head].T / math.sqrt(head_dim)
-        scores = scores - scores.max(axis=-1, keepdims=True)
-        probs = np.exp(scores)
-        probs = probs / probs.sum(axis=-1, keepdims=True)
-        context[:, head] = probs @ value[:, head]
-    return linear(context.reshape(seq_len, width), params, prefix + "out_proj")
+    heads_first = (1, 0, 2)  # [heads, seq, head_dim]
+    context = attend(*(part.transpose(heads_first) for part in (query, key, value)))
+    merged = context.transpose(heads_first).reshape(seq_len, width)
+    return linear(merged, params, prefix + "out_proj")
 
 
 def rotary_tables(config: Mapping[str, Any], dim: int, seq_len: int) -> tuple[Array, Array]:
@@ -152,29 +152,11 @@ def mlp(
         elif kind == "glu":
             gated = 1.0 / (1.0 + np.exp(-gate))  # F.glu: value * sigmoid(gate)
         else:
-            gated = gelu(gate)
+            gated = activation(gate, "gelu")
         return linear(value * gated, params, prefix + "fc2")
     # The block hands the MLP F.gelu itself, so every non-gated variant is the erf form.
-    return linear(gelu(linear(hidden, params, prefix + "fc1")), params, prefix + "fc2")
-
-
-def gelu(states: Array) -> Array:
-    erf: Array = _erf(states / math.sqrt(2.0))
-    return 0.5 * states * (1.0 + erf)
-
-
-def linear(states: Array, params: Mapping[str, Array], name: str) -> Array:
-    """torch.nn.Linear, weight [out, in]; the bias is optional (qkv_proj_bias, mlp_fc*_bias)."""
-    output = states @ params[name + ".weight"].T
-    bias = params.get(name + ".bias")
-    return output if bias is None else output + bias
-
-
-def layer_norm(states: Array, params: Mapping[str, Array], name: str, eps: float) -> Array:
-    mean = states.mean(axis=-1, keepdims=True)
-    variance = ((states - mean) ** 2).mean(axis=-1, keepdims=True)
-    normed: Array = (states - mean) / np.sqrt(variance + eps)
-    return normed * params[name + ".weight"] + params[name + ".bias"]
+    inner = activation(linear(hidden, params, prefix + "fc1"), "gelu")
+    return linear(inner, params, prefix + "fc2")
 
 
 def _field(config: Mapping[str, Any], name: str, alias: str, default: Any = None) -> Any:
@@ -183,13 +165,3 @@ def _field(config: Mapping[str, Any], name: str, alias: str, default: Any = None
     if value is None:
         raise KeyError(name)
     return value
-
-
-def _strip_prefix(weights: Mapping[str, npt.NDArray[Any]]) -> dict[str, Array]:
-    """Canonical names (no `bert.` / `model.`), in float64."""
-    params = {}
-    for name, tensor in weights.items():
-        for prefix in _PREFIXES:
-            name = name.removeprefix(prefix)
-        params[name] = np.asarray(tensor, dtype=np.float64)
-    return params
