@@ -51,17 +51,6 @@ def server(
         yield running
 
 
-@pytest.fixture
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-
-
 def reference(folder: TinyNomicFolder, texts: list[str]) -> npt.NDArray[np.float64]:
     """Unit vectors of the numpy forward pass, on the folder's own tokenizer's ids."""
     tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))

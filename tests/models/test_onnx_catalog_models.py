@@ -102,17 +102,6 @@ def int8_graph_vectors(home: Path) -> npt.NDArray[np.float32]:
     return np.stack(vectors)
 
 
-@pytest.fixture
-def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-
-
-@pytest.fixture
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=120) as client:
-        yield client
-
-
 def test_paraphrase_reference_covers_the_fixture(
     paraphrase_reference: dict[str, npt.NDArray[Any]],
 ) -> None:

@@ -79,12 +79,6 @@ def server(models_dir: Path) -> Iterator[RunningServer]:
         yield running
 
 
-@pytest.fixture
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-
-
 def embed(http: httpx.Client, model: str) -> httpx.Response:
     return http.post("/v1/embeddings", json={"model": model, "input": "The quick brown fox"})
 
