@@ -15,8 +15,6 @@ Run once in the torch venv, never in CI:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -27,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# A sibling script (this folder is on sys.path when a script runs): one copy of the helpers.
+from make_reference_vectors import load_texts, sha256_of
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 MODEL_ID = "paraphrase-MiniLM-L3-v2"
@@ -47,23 +48,6 @@ NAME_PREFIX = "model.0.auto_model."
 # MatMul nodes are named "/model/model.0/auto_model/encoder/layer.N/<module path>/MatMul".
 MATMUL_NODE_PREFIX = "/model/model.0/auto_model/"
 MAX_ABS_DIFF = 1e-4
-
-
-def sha256_of(path: Path) -> str:
-    """Return the hex sha256 digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_texts(path: Path) -> list[str]:
-    """Load a JSON list of non-empty strings."""
-    texts = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(texts, list) or not all(isinstance(t, str) and t for t in texts):
-        raise ValueError(f"{path} must hold a JSON list of non-empty strings")
-    return texts
 
 
 def find_wheel(wheel_dir: Path) -> Path:
