@@ -9,7 +9,6 @@ document; both paths run the same endpoint function, with the same key check and
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -17,10 +16,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ember.api.auth import require_api_key
-from ember.api.errors import error_response, response_for
+from ember.api.errors import internal_error_response, response_for
 from ember.errors import EmberError
-
-log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -47,7 +44,6 @@ class DirectRoute:
             response = await self.endpoint(request)
         except EmberError as exc:
             response = response_for(exc)
-        except Exception:
-            log.exception("unexpected error")
-            response = error_response(500, "Internal server error.", "server_error")
+        except Exception as exc:  # what FastAPI's handler for Exception answers on other routes
+            response = internal_error_response(exc)
         await response(scope, receive, send)

@@ -86,6 +86,12 @@ def response_for(error: errors.EmberError) -> Response:
     )
 
 
+def internal_error_response(exc: BaseException) -> Response:
+    """A bug, logged with its trace; the client gets a plain 500 body, never the trace."""
+    log.exception("unexpected error", exc_info=exc)
+    return error_response(500, "Internal server error.", "server_error")
+
+
 def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
     """A readable message and the offending parameter from pydantic's error list."""
     problems = exc.errors()
@@ -123,8 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc.detail), error_type, code=code)
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error", exc_info=exc)
-        return error_response(500, "Internal server error.", "server_error")
+        return internal_error_response(exc)
 
     app.add_exception_handler(errors.EmberError, on_ember_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
