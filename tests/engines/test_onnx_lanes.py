@@ -1,4 +1,5 @@
-"""OnnxEngine lanes: one per 4 cores by default, `lanes` settable, GPU runs one lane."""
+"""OnnxEngine lanes: one per 4 cores by default (or per `threads_per_lane`), `lanes` settable,
+GPU runs one lane."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def test_default_is_one_lane_per_four_cores_and_settable(graph_file: Path) -> No
     assert engine(graph_file, threads=8).lanes == 2
     assert engine(graph_file, lanes=1).lanes == 1
     assert engine(graph_file, lanes=64).lanes == available_cores()
+    assert engine(graph_file, threads_per_lane=1).lanes == available_cores()
 
 
 def test_a_gpu_request_runs_one_lane(graph_file: Path) -> None:

@@ -10,6 +10,9 @@ import numpy as np
 from click.testing import CliRunner
 
 from ember.cli import main
+from ember.engines.onnx import available_cores
+from ember.models.loader import load_model
+from ember.models.settings import read_settings
 from ember.settings import ServerSettings
 from tests.support.server import serve_in_thread
 
@@ -66,3 +69,13 @@ def test_int8_variant_is_registered_served_and_reported(
     left = np.asarray([item["embedding"] for item in int8.json()["data"]])
     right = np.asarray([item["embedding"] for item in fp32.json()["data"]])
     assert np.sum(left * right, axis=1).min() >= 0.999
+
+
+def test_int8_graphs_run_one_lane_per_core(default_models_dir: Path, tmp_path: Path) -> None:
+    folder = default_models_dir / "all-MiniLM-L6-v2"
+    settings = read_settings(folder).model_copy(update={"quantize": "int8"})
+    loaded = load_model(folder, settings)  # the fp32 graph stands in: lanes follow the setting
+    try:
+        assert loaded.engine.lanes == available_cores()
+    finally:
+        loaded.engine.close()

@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 
 POOLED_OUTPUT = "sentence_embedding"
 THREADS_PER_LANE = 4  # the default split of cores into lanes (see OnnxEngine)
+# Ember's int8 graphs: one thread per lane. Their per-token quantisation and the passes around
+# each int8 product are memory-bound small operators that ONNX Runtime's pool does not speed
+# up: on MiniLM, 2 cores, one 2-thread call ran 1.24x one thread; two 1-thread lanes 1.55-1.75x.
+INT8_THREADS_PER_LANE = 1
 
 
 def available_cores() -> int:
@@ -38,7 +42,8 @@ class OnnxEngine:
     Runtime's intra-op pool does: on MiniLM, 2 cores, two 1-thread lanes gave 1.25-1.7x the
     tokens/s of one 2-thread call while other processes took CPU, and the same on an idle
     machine, but a lone 10-token query took 3.0 ms instead of 1.8. So the default keeps
-    about four threads per lane: one lane up to 7 cores (unmeasured beyond 2).
+    about four threads per lane (`threads_per_lane`): one lane up to 7 cores (unmeasured
+    beyond 2). Ember's int8 graphs do better on one thread per lane (INT8_THREADS_PER_LANE).
     """
 
     def __init__(
@@ -52,11 +57,12 @@ class OnnxEngine:
         gpu_layers: int = 0,
         threads: int | None = None,
         lanes: int | None = None,
+        threads_per_lane: int = THREADS_PER_LANE,
     ) -> None:
         import onnxruntime as ort
 
         cores = threads or available_cores()
-        wanted = lanes or max(1, cores // THREADS_PER_LANE)
+        wanted = lanes or max(1, cores // threads_per_lane)
         self._lanes = 1 if gpu_layers > 0 else max(1, min(wanted, cores))
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, cores // self._lanes)

@@ -63,8 +63,9 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
             f"{settings.id}: model file {settings.model_file} is missing", settings.id
         )
     if settings.engine == "onnx":
-        from ember.engines.onnx import OnnxEngine
+        from ember.engines.onnx import INT8_THREADS_PER_LANE, THREADS_PER_LANE, OnnxEngine
 
+        int8 = settings.quantize == "int8"
         return OnnxEngine(
             model_path,
             pooling=settings.pooling,
@@ -72,6 +73,7 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
             output_name=settings.onnx_output,
             gpu_layers=settings.ngl,
             lanes=settings.lanes,
+            threads_per_lane=INT8_THREADS_PER_LANE if int8 else THREADS_PER_LANE,
         )
     raise ModelLoadFailed(f"{settings.id}: unknown engine {settings.engine}", settings.id)
 

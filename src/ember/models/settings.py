@@ -43,7 +43,8 @@ class ModelSettings(BaseModel):
         ge=1,
         description=(
             "ONNX on CPU: batches run at once, each on cores/lanes threads. Default: one per "
-            "4 cores. More lanes keep throughput when other processes share the cores."
+            "4 cores, one per core for int8 graphs. More lanes keep throughput when other "
+            "processes share the cores."
         ),
     )
     ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
