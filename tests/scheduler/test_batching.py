@@ -120,3 +120,21 @@ def test_idle_lanes_split_one_request_between_them(loop: asyncio.AbstractEventLo
     second = pool.next_batch(share=1)
     assert (len(first), len(second)) == (16, 16)
     assert not pool.next_batch()
+
+
+def test_whole_batch_says_whether_a_lone_job_leaves_the_pool_in_one_batch(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    rng = np.random.default_rng(5)
+    answers = set()
+    for _ in range(300):
+        lengths = rng.integers(1, 40, size=int(rng.integers(1, 6)))
+        share = int(rng.integers(1, 3))
+        pool = PendingPool(token_budget=int(rng.integers(8, 128)))
+        job = make_job(loop, *lengths)
+        predicted = pool.whole_batch(job.sequences, share=share)
+        pool.add(job)
+        pool.next_batch(share=share)
+        assert predicted == (not pool), (lengths, share, pool.token_budget)
+        answers.add(predicted)
+    assert answers == {True, False}

@@ -81,3 +81,83 @@ def test_a_fault_in_one_lane_fails_only_its_request_and_the_model_is_reloaded() 
             np.testing.assert_array_equal(outcome, expected)
     assert True in loads, "the model is reloaded after an engine fault"
     assert after.shape == (1, 8)
+
+
+class ThreadRecordingEngine(FakeEngine):
+    """Notes which thread ran each batch."""
+
+    def __init__(self, options: dict[str, object]) -> None:
+        super().__init__(8, options)
+        self.threads: list[str] = []
+
+    def embed(self, batch: TokenBatch) -> Vectors:
+        self.threads.append(threading.current_thread().name)
+        return super().embed(batch)
+
+
+def run_one_by_one(engine: FakeEngine, requests: list[list[np.ndarray]]) -> list[Vectors]:
+    """Each request alone, after the previous one finished, on one worker."""
+
+    async def source(_reload: bool) -> Engine:
+        return engine
+
+    async def scenario() -> list[Vectors]:
+        worker = ModelWorker("m", source, token_budget=512, max_queued_items=100)
+        try:
+            return [await worker.embed(sequences) for sequences in requests]
+        finally:
+            await worker.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_short_request_on_an_idle_fast_model_runs_on_the_event_loop_thread() -> None:
+    engine = ThreadRecordingEngine({})
+    short = [np.arange(1, 11, dtype=np.int64)]
+    long = [np.arange(1, 101, dtype=np.int64)]  # more than INLINE_MAX_TOKENS
+    vectors = run_one_by_one(engine, [short, short, long, short])
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop here
+    first, second, third, fourth = engine.threads
+    assert first.startswith("engine-m-")  # the engine's speed is not known yet
+    assert (second, fourth) == (loop_thread, loop_thread)
+    assert third.startswith("engine-m-")
+    reference = FakeEngine(8, {})
+    np.testing.assert_array_equal(vectors[1], reference.embed(TokenBatch(short)))
+    np.testing.assert_array_equal(vectors[2], reference.embed(TokenBatch(long)))
+
+
+def test_a_slow_engine_keeps_short_requests_on_its_lanes() -> None:
+    engine = ThreadRecordingEngine({"delay_seconds": 0.02})  # above INLINE_MAX_SECONDS
+    short = [np.arange(1, 11, dtype=np.int64)]
+    run_one_by_one(engine, [short, short, short])
+    assert all(name.startswith("engine-m-") for name in engine.threads)
+
+
+def test_a_fault_in_a_request_run_on_the_loop_fails_it_and_reloads_the_model() -> None:
+    loads: list[bool] = []
+    engines: list[ThreadRecordingEngine] = []
+
+    async def source(reload: bool) -> Engine:
+        loads.append(reload)
+        if reload or not engines:
+            engines.append(ThreadRecordingEngine({"fail_token": 999}))
+        return engines[-1]
+
+    async def scenario() -> tuple[BaseException | Vectors, Vectors]:
+        worker = ModelWorker("m", source, token_budget=512, max_queued_items=100)
+        try:
+            await worker.embed([np.array([1, 2], dtype=np.int64)])  # on a lane: now known fast
+            failing = await asyncio.gather(
+                worker.embed([np.array([1, 999], dtype=np.int64)]), return_exceptions=True
+            )
+            after = await worker.embed([np.array([5, 6], dtype=np.int64)])
+            return failing[0], after
+        finally:
+            await worker.close()
+
+    failed, after = asyncio.run(scenario())
+    assert type(failed).__name__ == "EngineFailure"
+    assert engines[0].threads[1] == threading.current_thread().name  # it ran on the loop
+    assert True in loads, "the model is reloaded after the fault"
+    expected = FakeEngine(8, {}).embed(TokenBatch([np.array([5, 6], dtype=np.int64)]))
+    np.testing.assert_array_equal(after, expected)

@@ -113,6 +113,17 @@ class PendingPool:
             self._turns = deque(job for job in self._turns if job.queued > 0)
         return batch
 
+    def whole_batch(self, sequences: Sequence[TokenIds], share: int = 1) -> bool:
+        """Would `sequences`, alone in the pool, leave it as one batch of `next_batch(share)`?
+
+        The padded cost of a sorted run only grows as it widens, so the whole run must fit.
+        """
+        if len(sequences) <= 1:
+            return True
+        tokens = sum(len(sequence) for sequence in sequences)
+        budget = min(self.token_budget, -(-tokens // max(1, share)))
+        return max(len(sequence) for sequence in sequences) * len(sequences) <= budget
+
     def _drop_inactive(self) -> None:
         if all(job.active for job in self._turns):
             return

@@ -6,6 +6,9 @@ Engines that allow it run several lanes (see OnnxEngine); work pending when seve
 are idle is split between them. Requests add work and wake a lane; lanes store result rows
 in their requests and wake the event loop only when requests complete. Faults are handled
 on the event loop (reloading a model is async) while the lanes wait.
+
+One exception: a short request that finds the model idle runs on the event loop's own thread,
+when the engine is known to answer such requests fast (see INLINE_MAX_SECONDS).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
@@ -27,6 +31,16 @@ EngineSource = Callable[[bool], Awaitable[Engine]]
 
 BatchObserver = Callable[[int, int], None]
 """Told (sequences, padded tokens) of every batch run, for metrics."""
+
+# A request of at most this many tokens that finds the model idle (nothing pending, no lane
+# running) runs on the event loop's thread, past the lanes: handing it to a lane and back
+# costs two thread wake-ups, 0.07-0.1 ms of a 10-token MiniLM query's ~2 ms end to end.
+INLINE_MAX_TOKENS = 64
+# ...but only while such short batches have been taking at most this long: the loop serves
+# nothing else meanwhile, so a slow engine (a large model, a loaded machine) keeps the lanes.
+INLINE_MAX_SECONDS = 0.005
+# Weight of the newest short batch in the running estimate of their duration.
+_ESTIMATE_WEIGHT = 0.2
 
 
 class ModelWorker:
@@ -55,6 +69,8 @@ class ModelWorker:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recoveries: set[asyncio.Task[None]] = set()
+        # Running estimate of short batches' engine time; unknown until lanes ran one.
+        self._short_batch_seconds: float | None = None
 
     @property
     def queued_items(self) -> int:
@@ -74,16 +90,52 @@ class ModelWorker:
                     f"The queue of model '{self.name}' is full "
                     f"({waiting} inputs waiting); retry shortly."
                 )
-            if not self._recovering:
-                self._engine = engine
-            self._pool.add(job)
-            self._start_lanes(engine.lanes)
-            self._ready.notify()
+            inline = self._may_run_inline(sequences, engine.lanes)
+            if inline:
+                self._running += 1  # lanes, all idle, stay so until it is done
+            else:
+                if not self._recovering:
+                    self._engine = engine
+                self._pool.add(job)
+                self._start_lanes(engine.lanes)
+                self._ready.notify()
+        if inline:
+            self._run_inline(engine, job)
         try:
             return await job.future
         finally:
             if not job.future.done():
                 job.future.cancel()  # the caller went away: its items are skipped
+
+    def _may_run_inline(self, sequences: Sequence[TokenIds], lanes: int) -> bool:
+        """Under the lock: is the model idle, the request short and the engine fast?"""
+        estimate = self._short_batch_seconds
+        tokens = sum(len(sequence) for sequence in sequences)
+        return (
+            estimate is not None
+            and estimate <= INLINE_MAX_SECONDS
+            and tokens <= INLINE_MAX_TOKENS
+            and self._pool.whole_batch(sequences, share=lanes)  # as idle lanes would run it
+            and not (self._pool or self._running or self._recovering or self._closed)
+        )
+
+    def _run_inline(self, engine: Engine, job: EmbeddingJob) -> None:
+        """Run a whole (short) job on this thread as the one batch lanes would form (sorted by
+        length: the order changes llama.cpp's float rounding); faults take the lanes' path."""
+        items = (WorkItem(job, index, len(ids)) for index, ids in enumerate(job.sequences))
+        batch = sorted(items, key=lambda item: item.length)
+        try:
+            vectors = self._run(engine, batch)
+        except Exception as exc:
+            with self._ready:
+                self._recovering += 1
+            self._start_recovery(batch, exc)
+        else:
+            _resolve(self._store(batch, vectors))
+        finally:
+            with self._ready:
+                self._running -= 1
+                self._ready.notify_all()
 
     async def close(self) -> None:
         with self._ready:
@@ -161,10 +213,23 @@ class ModelWorker:
         tokens = TokenBatch([item.job.sequences[item.index] for item in batch])
         if self._observe_batch is not None:
             self._observe_batch(len(tokens), tokens.padded_tokens)
-        return engine.embed(tokens)
+        started = time.perf_counter()
+        vectors = engine.embed(tokens)
+        if tokens.padded_tokens <= INLINE_MAX_TOKENS:
+            self._note_short_batch(time.perf_counter() - started)
+        return vectors
+
+    def _note_short_batch(self, seconds: float) -> None:
+        with self._ready:
+            previous = self._short_batch_seconds
+            self._short_batch_seconds = (
+                seconds if previous is None else previous + _ESTIMATE_WEIGHT * (seconds - previous)
+            )
 
     def _start_recovery(self, batch: list[WorkItem], exc: Exception) -> None:
-        self._recovery = asyncio.create_task(self._recover(batch, exc), name=f"recover-{self.name}")
+        task = asyncio.create_task(self._recover(batch, exc), name=f"recover-{self.name}")
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
 
     async def _recover(self, batch: list[WorkItem], exc: Exception) -> None:
         """Settle the failed batch, reload the model and let the engine thread go on."""
