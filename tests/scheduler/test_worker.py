@@ -161,3 +161,29 @@ def test_a_fault_in_a_request_run_on_the_loop_fails_it_and_reloads_the_model() -
     assert True in loads, "the model is reloaded after the fault"
     expected = FakeEngine(8, {}).embed(TokenBatch([np.array([5, 6], dtype=np.int64)]))
     np.testing.assert_array_equal(after, expected)
+
+
+def test_requests_arriving_together_are_batched_not_run_inline_one_by_one() -> None:
+    engine = ThreadRecordingEngine({})
+    short = [np.arange(1, 11, dtype=np.int64)]
+
+    async def source(_reload: bool) -> Engine:
+        return engine
+
+    async def scenario() -> list[Vectors]:
+        worker = ModelWorker("m", source, token_budget=512, max_queued_items=100)
+        try:
+            await worker.embed(short)  # on a lane: the engine is now known to be fast
+            together = [[np.arange(1, 11, dtype=np.int64) + n] for n in range(16)]
+            return await asyncio.gather(*(worker.embed(sequences) for sequences in together))
+        finally:
+            await worker.close()
+
+    vectors = asyncio.run(scenario())
+    burst = engine.threads[1:]
+    assert threading.current_thread().name not in burst, "none of them ran on the event loop"
+    assert len(burst) < 16, "they were batched"
+    reference = FakeEngine(8, {})
+    for n, result in enumerate(vectors):
+        expected = reference.embed(TokenBatch([np.arange(1, 11, dtype=np.int64) + n]))
+        np.testing.assert_array_equal(result, expected)

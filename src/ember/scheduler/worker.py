@@ -92,20 +92,49 @@ class ModelWorker:
                 )
             inline = self._may_run_inline(sequences, engine.lanes)
             if inline:
-                self._running += 1  # lanes, all idle, stay so until it is done
+                self._running += 1  # reserved: requests read meanwhile queue for the lanes
             else:
-                if not self._recovering:
-                    self._engine = engine
-                self._pool.add(job)
-                self._start_lanes(engine.lanes)
-                self._ready.notify()
+                self._enqueue(job, engine)
         if inline:
-            self._run_inline(engine, job)
+            if await self._still_alone():
+                self._run_inline(engine, job)
+            else:
+                with self._ready:
+                    self._enqueue(job, engine)
         try:
             return await job.future
         finally:
             if not job.future.done():
                 job.future.cancel()  # the caller went away: its items are skipped
+
+    def _enqueue(self, job: EmbeddingJob, engine: Engine) -> None:
+        """Under the lock: add the job to the pool and wake a lane."""
+        if not self._recovering:
+            self._engine = engine
+        self._pool.add(job)
+        self._start_lanes(engine.lanes)
+        self._ready.notify()
+
+    async def _still_alone(self) -> bool:
+        """Yield twice, so that requests which arrived with this one are read and queued (the
+        first yield lets the loop poll its sockets, the second runs the tasks that created),
+        then say whether none was: the inline reservation stands only then.
+
+        Without this, 64 clients sending at once were served one inline request at a time:
+        each ran before the loop read the next one, and nothing was ever batched.
+        """
+        alone = False
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            with self._ready:
+                alone = self._running == 1 and not (self._pool or self._recovering or self._closed)
+        finally:
+            if not alone:
+                with self._ready:
+                    self._running -= 1
+                    self._ready.notify_all()
+        return alone
 
     def _may_run_inline(self, sequences: Sequence[TokenIds], lanes: int) -> bool:
         """Under the lock: is the model idle, the request short and the engine fast?"""
