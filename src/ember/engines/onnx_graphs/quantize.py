@@ -30,8 +30,11 @@ to fp32 over fixture, held-out and generated texts; benchmarks/quantize_bench.py
   `target_cosine` on the calibration text: 0.9992 by default keeps three of MiniLM's 24
   inputs fp32 (an attention output and two FFN outputs) and >= 0.9991 on other text, at
   1.61-1.63x the fp32 graph's tokens per CPU-second (1.69-1.78x wall clock) on a quiet
-  machine. When another process loads the host, int8 loses more than fp32: the same graphs
-  then measured 1.2-1.3x (all int8 1.25-1.35x, the previous recipe 1.1-1.15x).
+  machine, on one thread. On two, one call ran only 1.24x fp32's: the per-token quantisation
+  and the passes around each int8 product are small memory-bound operators that ONNX
+  Runtime's pool does not speed up (some ran slower on 2 threads than on 1). So int8 graphs
+  run one thread per engine lane (OnnxEngine): two 1-thread lanes gave 1.55-1.75x, and the
+  server 1.67-1.69x fp32's tokens/s on passages and sentences.
 - all-mpnet-base-v2 is harder: at the default target five inputs stay fp32, min cosine 0.9992
   on fixture and held-out text but 0.9979 on ~300 generated texts (all int8 0.9978; the
   previous recipe 0.9972 at its 0.9993 target). Its calibration text does not show the
