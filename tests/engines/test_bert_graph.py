@@ -137,6 +137,29 @@ def test_fused_operators_match_reference(pooling: str) -> None:
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
 
 
+def test_folded_attention_biases_give_the_same_vectors_with_fewer_passes() -> None:
+    config, weights = tiny_config(), tiny_weights()
+    assert np.abs(weights["encoder.layer.0.attention.self.value.bias"]).max() > 0.01
+    input_ids, attention_mask = padded_batch(LENGTHS)
+    options: dict[str, Any] = {"pooling": "mean", "normalize": False}
+    folded = run_graph(config, weights, input_ids, attention_mask, **options)
+    unfolded = run_graph(
+        config, weights, input_ids, attention_mask, fold_attention_biases=False, **options
+    )
+    np.testing.assert_allclose(folded, unfolded, atol=1e-5, rtol=0)
+    expected = bert_sentence_embeddings(config, weights, input_ids, attention_mask, **options)
+    np.testing.assert_allclose(folded, expected, atol=1e-4, rtol=0)
+
+    def adds(model: Any) -> int:
+        loop = next(node for node in model.graph.node if node.op_type == "Loop")
+        return sum(node.op_type == "Add" for node in loop.attribute[0].g.node)
+
+    fewer = adds(build_bert_graph(config, weights, **options)) - adds(
+        build_bert_graph(config, weights, fold_attention_biases=False, **options)
+    )
+    assert fewer == -2 * config["num_hidden_layers"]
+
+
 @pytest.mark.parametrize("hidden_act", ["gelu_new", "gelu_pytorch_tanh", "relu"])
 def test_other_activations_match_reference(hidden_act: str) -> None:
     config, weights = tiny_config(hidden_act), tiny_weights()

@@ -10,8 +10,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from ember.engines.onnx_graphs.bert import INT8_BUILD_OPTIONS, build_bert_graph
 from ember.engines.onnx_graphs.quantize import (
     CALIBRATION_TEXTS,
     DEFAULT_TARGET_COSINE,
@@ -44,8 +46,12 @@ def graphs(default_models_dir: Path) -> Graphs:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=256)
     fp32 = onnx.load(str(folder / "model.onnx"))
+    # As `ember models add --quantize int8` does: int8 starts from the graph built for it.
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    weights = load_file(str(folder / "model.safetensors"))
+    source = build_bert_graph(config, weights, pooling="mean", normalize=True, **INT8_BUILD_OPTIONS)
     calibration = [encoding.ids for encoding in tokenizer.encode_batch(list(CALIBRATION_TEXTS))]
-    return Graphs(fp32, quantize_int8(fp32, calibration), tokenizer)
+    return Graphs(fp32, quantize_int8(source, calibration), tokenizer)
 
 
 def fixture_texts() -> list[str]:

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def register_hf_folder(
     prompts, and `overrides`; the graph is then built from the final settings.
     """
     config = _read_json(folder / "config.json")
-    build, architecture_defaults = _architecture_of(config, folder)
+    architecture = _architecture_of(config, folder)
     pooling, normalize = _pooling(folder)
     raw: dict[str, Any] = {
         "id": model_id,
@@ -49,18 +50,26 @@ def register_hf_folder(
         "pooling": pooling,
         "normalize": normalize,
         "dimensions": config.get("hidden_size"),
-        **architecture_defaults(config),
+        **architecture.default_settings(config),
         **_prompts(folder),
         **(overrides or {}),
     }
     settings = parse_settings(raw, model_id)
     if not (folder / "tokenizer.json").is_file():
         raise InvalidModelSettings(f"{model_id}: the folder has no tokenizer.json", model_id)
-    graph = build(
-        config, _load_weights(folder), pooling=settings.pooling, normalize=settings.normalize
-    )
+    weights = _load_weights(folder)
+    build = architecture.build
+    graph = build(config, weights, pooling=settings.pooling, normalize=settings.normalize)
     _save_graph(graph, folder / GRAPH_FILE)
     if settings.quantize == "int8":
+        if architecture.int8_build_options:  # built otherwise for int8: same vectors
+            graph = build(
+                config,
+                weights,
+                pooling=settings.pooling,
+                normalize=settings.normalize,
+                **architecture.int8_build_options,
+            )
         settings = _add_int8_graph(folder, graph, settings)
     write_settings(folder, settings)
     return settings
@@ -95,10 +104,18 @@ ARCHITECTURES: dict[str, str] = {
 }
 
 
-def _architecture_of(
-    config: Mapping[str, Any], folder: Path
-) -> tuple[GraphBuilder, Callable[[Mapping[str, Any]], dict[str, Any]]]:
-    """The graph builder of the folder's architecture, and its settings defaults."""
+@dataclass(frozen=True)
+class Architecture:
+    """What a graph module (ember.engines.onnx_graphs.<model_type>) offers."""
+
+    build: GraphBuilder
+    default_settings: Callable[[Mapping[str, Any]], dict[str, Any]]
+    int8_build_options: Mapping[str, Any]  # how to build the graph that int8 starts from
+
+
+def _architecture_of(config: Mapping[str, Any], folder: Path) -> Architecture:
+    """The folder's architecture: its builder function (named in ARCHITECTURES), and the
+    module's `default_settings(config)` and `INT8_BUILD_OPTIONS` where it has them."""
     model_type = str(config.get("model_type", "")).lower()
     if model_type not in ARCHITECTURES:
         raise InvalidModelSettings(
@@ -107,8 +124,11 @@ def _architecture_of(
             folder.name,
         )
     module = importlib.import_module(f"ember.engines.onnx_graphs.{model_type}")
-    builder: GraphBuilder = getattr(module, ARCHITECTURES[model_type])
-    return builder, getattr(module, "default_settings", _no_defaults)
+    return Architecture(
+        build=getattr(module, ARCHITECTURES[model_type]),
+        default_settings=getattr(module, "default_settings", _no_defaults),
+        int8_build_options=getattr(module, "INT8_BUILD_OPTIONS", {}),
+    )
 
 
 def _no_defaults(_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,14 @@ from ember.engines.onnx_graphs.builder import (
 )
 from ember.pooling import Pooling
 
-__all__ = ["DEFAULT_CHUNK_TOKENS", "OUTPUT_NAME", "BertConfig", "Pooling", "build_bert_graph"]
+__all__ = [
+    "DEFAULT_CHUNK_TOKENS",
+    "INT8_BUILD_OPTIONS",
+    "OUTPUT_NAME",
+    "BertConfig",
+    "Pooling",
+    "build_bert_graph",
+]
 
 OUTPUT_NAME = "sentence_embedding"
 # Row blocks of about this many tokens ran fastest on a 2-core AVX-512 CPU (see map_row_chunks).
@@ -45,6 +52,9 @@ QKV_NAMES = ("query", "key", "value")
 _HEADS_FIRST = (0, 2, 1, 3)
 # [batch, seq, heads, head] -> [batch, heads, head, seq]: K already transposed for Q @ K^T.
 _HEADS_FIRST_KEYS_T = (0, 2, 3, 1)
+# How the graph that `quantize_int8` starts from is built: with K's and V's biases where the
+# checkpoint has them, which calibrated better than the folded form (see EncoderBuilder).
+INT8_BUILD_OPTIONS = {"fold_attention_biases": False}
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,7 @@ def build_bert_graph(
     normalize: bool,
     chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
     fused: bool = False,
+    fold_attention_biases: bool = True,
 ) -> onnx.ModelProto:
     """The sentence-embedding graph of a BERT checkpoint (BertModel + sentence-transformers head).
 
@@ -121,6 +132,8 @@ def build_bert_graph(
     The default graph uses standard opset-17 operators; ONNX Runtime fuses its GELU into
     BiasGelu itself. `fused=True` emits ONNX Runtime's com.microsoft Attention and
     SkipLayerNormalization instead: same results, but they measured slower on CPU.
+    `fold_attention_biases` drops K's bias and moves V's into the attention output's (see
+    EncoderBuilder): the same vectors, two passes fewer per layer.
     Raises ValueError for an unsupported config or a missing or mis-shaped tensor.
     """
     parsed = BertConfig.from_mapping(config)
@@ -130,7 +143,9 @@ def build_bert_graph(
     mask = builder.add_input("attention_mask", TensorProto.INT64, ["batch", "sequence"])
 
     def sentence_vectors(graph: GraphBuilder, ids: str, ids_mask: str) -> str:
-        encoder = EncoderBuilder(graph, source, parsed, fused=fused)
+        encoder = EncoderBuilder(
+            graph, source, parsed, fused=fused, fold_attention_biases=fold_attention_biases
+        )
         hidden = encoder.embeddings(ids)
         attention_mask = encoder.attention_mask(ids_mask)
         for index in range(parsed.num_layers):
@@ -160,12 +175,26 @@ class EncoderBuilder:
     """
 
     def __init__(
-        self, builder: GraphBuilder, source: WeightSource, config: BertConfig, *, fused: bool
+        self,
+        builder: GraphBuilder,
+        source: WeightSource,
+        config: BertConfig,
+        *,
+        fused: bool,
+        fold_attention_biases: bool = False,
     ) -> None:
         self._builder = builder
         self._source = source
         self._config = config
         self._fused = fused
+        # Exact up to float rounding, for the standard (unfused) attention only:
+        # - K's bias adds q . b_k to every score of query q alike, and softmax ignores a
+        #   constant added to a whole row, so it is dropped;
+        # - V's bias passes through the attention average unchanged (softmax rows sum to 1),
+        #   so it is added to the output projection's bias instead, as W_o b_v.
+        # Two fewer passes over [batch, seq, hidden] per layer: +2.7% tokens/s on MiniLM at
+        # 128 tokens (2 cores).
+        self._fold = fold_attention_biases and not fused
 
     def embeddings(self, input_ids: str) -> str:
         """LayerNorm(word[id] + position[i] + token_type[0])."""
@@ -199,8 +228,13 @@ class EncoderBuilder:
         config = self._config
         prefix = f"encoder.layer.{index}."
         context = self._self_attention(prefix + "attention.self.", hidden, attention_mask)
+        value_bias = (
+            self._source.get(prefix + "attention.self.value.bias", (config.hidden_size,))
+            if self._fold
+            else None
+        )
         hidden = self._dense_residual_norm(
-            prefix + "attention.output.", context, hidden, config.hidden_size
+            prefix + "attention.output.", context, hidden, config.hidden_size, value_bias
         )
         intermediate = self._intermediate(prefix + "intermediate.dense", hidden)
         return self._dense_residual_norm(
@@ -230,6 +264,9 @@ class EncoderBuilder:
             )
         scale = np.float32(1.0 / math.sqrt(config.head_size))
         weights[0], biases[0] = weights[0] * scale, biases[0] * scale
+        kept_biases: list[FloatArray | None] = [biases[0], None, None]
+        if not self._fold:
+            kept_biases[1:] = biases[1:]
         split_heads = builder.int64s("split_heads", [0, 0, config.num_heads, config.head_size])
         query, key, value = (
             builder.op(
@@ -239,7 +276,7 @@ class EncoderBuilder:
                 ),
                 perm=_HEADS_FIRST_KEYS_T if part == "key" else _HEADS_FIRST,
             )
-            for part, weight, bias in zip(QKV_NAMES, weights, biases, strict=True)
+            for part, weight, bias in zip(QKV_NAMES, weights, kept_biases, strict=True)
         )
         scores = builder.op("Add", builder.op("MatMul", query, key), attention_mask)
         context = builder.op("MatMul", builder.op("Softmax", scores, axis=-1), value)
@@ -247,12 +284,22 @@ class EncoderBuilder:
         return builder.op("Reshape", context, builder.int64s("merge_heads", [0, 0, size]))
 
     def _dense_residual_norm(
-        self, prefix: str, states: str, residual: str, in_features: int
+        self,
+        prefix: str,
+        states: str,
+        residual: str,
+        in_features: int,
+        states_bias: FloatArray | None = None,
     ) -> str:
-        """LayerNorm(states @ W + b + residual), the block after attention and after the FFN."""
+        """LayerNorm((states + states_bias) @ W + b + residual), the block after attention and
+        after the FFN; `states_bias` (V's folded bias) goes into b."""
         config, builder = self._config, self._builder
         weight = self._source.get(prefix + "dense.weight", (config.hidden_size, in_features))
         bias = self._source.get(prefix + "dense.bias", (config.hidden_size,))
+        if states_bias is not None:
+            bias = (bias.astype(np.float64) + weight.astype(np.float64) @ states_bias).astype(
+                np.float32
+            )
         if not self._fused:
             projected = self._linear(states, prefix + "dense", weight.T, bias)
             return self._layer_norm(builder.op("Add", projected, residual), prefix + "LayerNorm")
@@ -278,10 +325,12 @@ class EncoderBuilder:
         projected = self._linear(hidden, name, weight.T, bias)
         return activation(self._builder, projected, config.activation)
 
-    def _linear(self, states: str, name: str, weight: FloatArray, bias: FloatArray) -> str:
+    def _linear(self, states: str, name: str, weight: FloatArray, bias: FloatArray | None) -> str:
         """states @ weight + bias, with `weight` already [in, out]."""
         builder = self._builder
         product = builder.op("MatMul", states, builder.initializer(name + ".weight", weight))
+        if bias is None:
+            return product
         return builder.op("Add", product, builder.initializer(name + ".bias", bias))
 
     def _norm_weights(self, prefix: str) -> tuple[str, str]:
