@@ -1,14 +1,17 @@
 """int8 against fp32 for one BERT-family folder: fidelity, then tokens/s side by side.
 
     .venv/bin/python benchmarks/quantize_bench.py [MODEL_DIR] [--rounds 7] [--threads 2]
-        [--extra NAME=PATH.onnx ...]
+        [--int8-threads 1] [--extra NAME=PATH.onnx ...]
 
 Builds the fp32 graph Ember registers, quantises it with `quantize_int8`, and prints the cosine
 of int8 vectors to fp32 ones over the fixture texts, held-out texts and ~300 generated
 sentences, then tokens/s for each graph at two batch shapes, runs alternating (A B A B) so
-both see the same machine. Wall-clock tokens/s is what a server gets; CPU tokens/s (tokens per
-CPU-second of this process) is steadier when other processes share the cores. `--extra` adds
-other ONNX files to the comparison (fidelity and speed).
+both see the same machine. Each graph runs as Ember's server runs it: fp32 as one call on
+`--threads` threads, int8 graphs as `--threads / --int8-threads` calls at once (engine lanes,
+see OnnxEngine), so a round is that many batches. Wall-clock tokens/s is what a server gets;
+CPU tokens/s (tokens per CPU-second of this process) is steadier when other processes share
+the cores. `--extra` adds other ONNX files to the comparison (fidelity and speed; they run as
+int8 graphs do).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -47,7 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--rounds", type=int, default=7, help="timed runs per graph and shape")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, as serving")
+    parser.add_argument("--threads", type=int, default=2, help="cores to use, as serving")
+    parser.add_argument(
+        "--int8-threads", type=int, default=1, help="threads per lane for int8 graphs"
+    )
     parser.add_argument("--extra", action="append", default=[], help="NAME=PATH.onnx to add")
     args = parser.parse_args()
 
@@ -94,9 +101,17 @@ def main() -> None:
             cells.append(f"{fidelity.min_cosine:.5f} / {fidelity.mean_cosine:.6f}")
         print(f"| {name} | {' | '.join(cells)} |")
 
-    print(f"\nthroughput, {args.threads} threads, {args.rounds} alternating rounds")
+    lanes = max(1, args.threads // args.int8_threads)
+    layouts = {
+        name: (1, args.threads) if name == "fp32" else (lanes, args.threads // lanes)
+        for name in graphs
+    }
+    print(
+        f"\nthroughput on {args.threads} cores (fp32: 1 call x {args.threads} threads; others: "
+        f"{lanes} calls at once x {args.threads // lanes}), {args.rounds} alternating rounds"
+    )
     print(f"CPU busy before: {busy_share():.0%}")
-    results = throughput(graphs, args.threads, args.rounds)
+    results = throughput(graphs, layouts, args.rounds)
     print(f"CPU busy after: {busy_share():.0%}")
     header = " | ".join(f"{b}x{s} wall | {b}x{s} CPU" for b, s in SHAPES)
     print(f"| graph | {header} |")
@@ -141,10 +156,18 @@ def session(graph: onnx.ModelProto, threads: int) -> Any:
 
 
 def throughput(
-    graphs: dict[str, onnx.ModelProto], threads: int, rounds: int
+    graphs: dict[str, onnx.ModelProto], layouts: dict[str, tuple[int, int]], rounds: int
 ) -> dict[str, dict[tuple[int, int], dict[str, float]]]:
-    """Median tokens/s (wall and per CPU-second) per graph and shape, runs interleaved."""
-    sessions = {name: session(graph, threads) for name, graph in graphs.items()}
+    """Median tokens/s (wall and per CPU-second) per graph and shape, runs interleaved;
+    `layouts` gives each graph's (calls at once, threads per call)."""
+    sessions = {name: session(graph, layouts[name][1]) for name, graph in graphs.items()}
+    pool = ThreadPoolExecutor(max(lanes for lanes, _ in layouts.values()))
+
+    def run(name: str, feed: dict[str, Any]) -> None:
+        calls = [pool.submit(sessions[name].run, None, feed) for _ in range(layouts[name][0])]
+        for call in calls:
+            call.result()
+
     rng = np.random.default_rng(0)
     feeds = {}
     for batch, length in SHAPES:
@@ -154,17 +177,18 @@ def throughput(
     samples: dict[str, dict[tuple[int, int], dict[str, list[float]]]] = {
         name: {shape: {"wall": [], "cpu": []} for shape in SHAPES} for name in graphs
     }
-    for current in sessions.values():
+    for name in sessions:
         for feed in feeds.values():
-            current.run(None, feed)
+            run(name, feed)
     for _ in range(rounds):
         for shape, feed in feeds.items():
-            tokens = shape[0] * shape[1]
-            for name, current in sessions.items():
+            for name in sessions:
+                tokens = shape[0] * shape[1] * layouts[name][0]
                 wall, cpu = time.perf_counter(), time.process_time()
-                current.run(None, feed)
+                run(name, feed)
                 samples[name][shape]["wall"].append(tokens / (time.perf_counter() - wall))
                 samples[name][shape]["cpu"].append(tokens / (time.process_time() - cpu))
+    pool.shutdown()
     return {
         name: {
             shape: {kind: median(values) for kind, values in by_kind.items()}
