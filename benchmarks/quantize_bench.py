@@ -1,4 +1,5 @@
-"""int8 against fp32 for one BERT-family folder: fidelity, then tokens/s side by side.
+"""int8 against fp32 for one Hugging Face folder (mean-pooled, normalised, as MiniLM and MPNet
+are): fidelity, then tokens/s side by side.
 
     .venv/bin/python benchmarks/quantize_bench.py [MODEL_DIR] [--rounds 7] [--threads 2]
         [--int8-threads 1] [--extra NAME=PATH.onnx ...]
@@ -32,7 +33,6 @@ from machine import busy_share
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from ember.engines.onnx_graphs.bert import INT8_BUILD_OPTIONS, build_bert_graph
 from ember.engines.onnx_graphs.quantize import (
     CALIBRATION_TEXTS,
     FIDELITY_TEXTS,
@@ -41,6 +41,7 @@ from ember.engines.onnx_graphs.quantize import (
     measure_fidelity,
     quantize_int8,
 )
+from ember.models.hf_folder import architecture_of
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 DEFAULT_MODEL = Path("/work/cache/models/all-MiniLM-L6-v2")
@@ -67,9 +68,11 @@ def main() -> None:
 
     config = json.loads((args.model_dir / "config.json").read_text(encoding="utf-8"))
     weights = load_file(str(args.model_dir / "model.safetensors"))
-    fp32 = build_bert_graph(config, weights, pooling="mean", normalize=True)
+    architecture = architecture_of(config, args.model_dir)
+    fp32 = architecture.build(config, weights, pooling="mean", normalize=True)
     # int8 starts from the graph built for it, as `ember models add --quantize int8` does.
-    source = build_bert_graph(config, weights, pooling="mean", normalize=True, **INT8_BUILD_OPTIONS)
+    options = architecture.int8_build_options
+    source = architecture.build(config, weights, pooling="mean", normalize=True, **options)
     started = time.perf_counter()
     int8 = quantize_int8(source, ids(list(CALIBRATION_TEXTS)))
     metadata = {entry.key: entry.value for entry in int8.metadata_props}

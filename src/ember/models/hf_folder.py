@@ -38,7 +38,7 @@ def register_hf_folder(
     prompts, and `overrides`; the graph is then built from the final settings.
     """
     config = _read_json(folder / "config.json")
-    architecture = _architecture_of(config, folder)
+    architecture = architecture_of(config, folder)
     pooling, normalize = _pooling(folder)
     raw: dict[str, Any] = {
         "id": model_id,
@@ -113,7 +113,7 @@ class Architecture:
     int8_build_options: Mapping[str, Any]  # how to build the graph that int8 starts from
 
 
-def _architecture_of(config: Mapping[str, Any], folder: Path) -> Architecture:
+def architecture_of(config: Mapping[str, Any], folder: Path) -> Architecture:
     """The folder's architecture: its builder function (named in ARCHITECTURES), and the
     module's `default_settings(config)` and `INT8_BUILD_OPTIONS` where it has them."""
     model_type = str(config.get("model_type", "")).lower()
