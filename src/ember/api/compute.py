@@ -4,7 +4,6 @@ abandoned when the client disconnects or the request times out."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,19 +75,22 @@ async def _scheduled(
     async def engine_source(reload: bool) -> Engine:
         return (await state.registry.acquire(model_id, reload=reload)).engine
 
-    embedding = state.scheduler.embed(
+    vectors = await state.scheduler.submit(
         model_id, sequences, engine_source=engine_source, token_budget=model.settings.ubatch_size
     )
-    return await _until_done_or_gone(request, embedding, state.settings.request_timeout)
+    if vectors.done():  # it ran on this thread: nothing to wait for, or to watch
+        return vectors.result()
+    return await _until_done_or_gone(request, vectors, state.settings.request_timeout)
 
 
 async def _until_done_or_gone(
-    request: Request, embedding: Awaitable[Vectors], timeout: float
+    request: Request, vectors: asyncio.Future[Vectors], timeout: float
 ) -> Vectors:
     """Await the vectors; give up (and drop the queued work) on disconnect or timeout.
 
     The vectors are awaited in the request's own task; a watcher cancels that task if the
-    client disconnects (one task per request, not two and an asyncio.wait).
+    client disconnects (one task per request, not two and an asyncio.wait). Cancelling the
+    await cancels the future, which drops the request's queued work.
     """
     handler = asyncio.current_task()
     assert handler is not None
@@ -96,7 +98,7 @@ async def _until_done_or_gone(
     watcher = asyncio.create_task(_cancel_when_gone(request, handler, gone))
     try:
         async with asyncio.timeout(timeout):
-            return await embedding
+            return await vectors
     except TimeoutError:
         raise RequestTimedOut(
             f"The request did not finish within {timeout:g} s and was dropped."

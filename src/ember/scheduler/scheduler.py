@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from ember.engines.base import TokenIds, Vectors
@@ -16,15 +17,16 @@ class Scheduler:
         self._observe_batch = observe_batch
         self._workers: dict[str, ModelWorker] = {}
 
-    async def embed(
+    async def submit(
         self,
         model_id: str,
         sequences: Sequence[TokenIds],
         *,
         engine_source: EngineSource,
         token_budget: int,
-    ) -> Vectors:
-        """Vectors for `sequences` computed by `model_id`'s engine, batched with other work."""
+    ) -> asyncio.Future[Vectors]:
+        """Queue `sequences` for `model_id`'s engine, batched with other work: the future gets
+        their vectors (see ModelWorker.submit)."""
         worker = self._workers.get(model_id)
         if worker is None:
             worker = ModelWorker(
@@ -35,7 +37,7 @@ class Scheduler:
                 observe_batch=self._observe_batch,
             )
             self._workers[model_id] = worker
-        return await worker.embed(sequences)
+        return await worker.submit(sequences)
 
     def queue_depths(self) -> dict[str, int]:
         return {model_id: worker.queued_items for model_id, worker in self._workers.items()}

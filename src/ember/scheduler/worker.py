@@ -80,6 +80,16 @@ class ModelWorker:
 
     async def embed(self, sequences: Sequence[TokenIds]) -> Vectors:
         """Vectors for `sequences`, in order; cancelling the await drops the queued work."""
+        vectors = await self.submit(sequences)
+        try:
+            return await vectors
+        finally:
+            if not vectors.done():
+                vectors.cancel()  # the caller went away: its items are skipped
+
+    async def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[Vectors]:
+        """Queue `sequences`; the future gets their vectors in order (already, when the request
+        ran on this thread). Cancelling the future drops the queued work."""
         engine = await self._engine_source(False)  # loads the model on first use
         job = EmbeddingJob(sequences, asyncio.get_running_loop().create_future())
         with self._ready:
@@ -102,11 +112,7 @@ class ModelWorker:
             else:
                 with self._ready:
                     self._enqueue(job, engine)
-        try:
-            return await job.future
-        finally:
-            if not job.future.done():
-                job.future.cancel()  # the caller went away: its items are skipped
+        return job.future
 
     def _enqueue(self, job: EmbeddingJob, engine: Engine) -> None:
         """Under the lock: add the job to the pool and wake a lane."""
