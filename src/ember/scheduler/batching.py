@@ -99,7 +99,7 @@ class PendingPool:
         self._drop_inactive()
         if not self._window:
             return []
-        budget = min(self.token_budget, -(-self._tokens // max(1, share)))
+        budget = self._shared_budget(self._tokens, share)
         turn = self._turns[0]
         seed = next(position for position, item in enumerate(self._window) if item.job is turn)
         start, stop = self._grow(seed, budget)
@@ -120,9 +120,12 @@ class PendingPool:
         """
         if len(sequences) <= 1:
             return True
-        tokens = sum(len(sequence) for sequence in sequences)
-        budget = min(self.token_budget, -(-tokens // max(1, share)))
+        budget = self._shared_budget(sum(len(sequence) for sequence in sequences), share)
         return max(len(sequence) for sequence in sequences) * len(sequences) <= budget
+
+    def _shared_budget(self, pending_tokens: int, share: int) -> int:
+        """A batch's budget when `pending_tokens` are spread over `share` idle lanes."""
+        return min(self.token_budget, -(-pending_tokens // max(1, share)))
 
     def _drop_inactive(self) -> None:
         if all(job.active for job in self._turns):

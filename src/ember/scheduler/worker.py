@@ -108,7 +108,7 @@ class ModelWorker:
                 self._enqueue(job, engine)
         if inline:
             if await self._still_alone():
-                self._run_inline(engine, job)
+                self._run_inline(engine, job, engine.lanes)
             else:
                 with self._ready:
                     self._enqueue(job, engine)
@@ -154,11 +154,12 @@ class ModelWorker:
             and self._pool.whole_batch(sequences, share=lanes)  # as idle lanes would run it
         )
 
-    def _run_inline(self, engine: Engine, job: EmbeddingJob) -> None:
-        """Run a whole (short) job on this thread as the one batch lanes would form (sorted by
-        length: the order changes llama.cpp's float rounding); faults take the lanes' path."""
-        items = (WorkItem(job, index, len(ids)) for index, ids in enumerate(job.sequences))
-        batch = sorted(items, key=lambda item: item.length)
+    def _run_inline(self, engine: Engine, job: EmbeddingJob, lanes: int) -> None:
+        """Run a whole (short) job on this thread, as the one batch idle lanes would take from
+        the pool (its order changes llama.cpp's float rounding); faults take the lanes' path."""
+        with self._ready:
+            self._pool.add(job)
+            batch = self._pool.next_batch(share=lanes)  # all of it: see PendingPool.whole_batch
         try:
             vectors = self._run(engine, batch)
         except Exception as exc:
@@ -285,11 +286,6 @@ class ModelWorker:
                 self._engine = engine if self._pool else None
                 self._recovering -= 1
                 self._ready.notify_all()
-
-    def _wait_for_idle_lanes(self) -> None:
-        with self._ready:
-            while self._running and not self._closed:
-                self._ready.wait()
 
     async def _retry_with_reload(self, batch: list[WorkItem]) -> Engine | None:
         """The instance cannot embed: reload it in embedding mode and retry the batch once."""
