@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -38,11 +40,12 @@ from servers import (
     start_ember,
 )
 from systems import HttpSystem, Memory, System
-from targets import EMBER, EMBER_INT8, ENGINE, LLAMA, ST, Extras
+from targets import EMBER, EMBER_INT8, EMBER_OPENVINO, ENGINE, LLAMA, ST, Extras
 from workloads import Workload, build_workloads, grouped
 
 MODEL = "all-MiniLM-L6-v2"
 INT8_MODEL = f"{MODEL}-int8-ember"  # Ember's own int8 variant, registered in the bench home
+OPENVINO_MODEL = f"{MODEL}-openvino"  # the same files, model.json asking for OpenVINO
 DEFAULT_HOME = Path.home() / ".cache" / "ember-bench"
 
 
@@ -61,6 +64,9 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-int8", action="store_true", help="skip Ember's int8 variant (batch workloads)"
+    )
+    parser.add_argument(
+        "--no-openvino", action="store_true", help="skip the opt-in OpenVINO runtime"
     )
     parser.add_argument(
         "--wait-idle",
@@ -91,6 +97,23 @@ def ensure_int8(home: Path, model_folder: Path) -> None:
     command = [sys.executable, "-m", "ember", "models", "add", str(model_folder)]
     command += ["--id", INT8_MODEL, "--quantize", "int8", "--home", str(home)]
     subprocess.run(command, check=True, timeout=900)
+
+
+def ensure_openvino(home: Path, model_folder: Path) -> bool:
+    """The model's files under a second id whose model.json sets `runtime: openvino`, as a user
+    opts in; False when this Python lacks the openvino package (the `openvino` extra)."""
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    folder = home / "models" / OPENVINO_MODEL
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in model_folder.iterdir():
+        link = folder / item.name
+        if item.name != "model.json" and not link.exists():
+            link.symlink_to(item)
+    settings = json.loads((model_folder / "model.json").read_text(encoding="utf-8"))
+    settings.update(id=OPENVINO_MODEL, runtime="openvino")
+    (folder / "model.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return True
 
 
 def int8_min_cosine(base_url: str) -> float | None:
@@ -148,6 +171,16 @@ def started_systems(
                 HttpSystem(EMBER_INT8, servers[EMBER_INT8].base_url, INT8_MODEL, batches_only=True)
             )
             extras.int8_min_cosine = int8_min_cosine(servers[EMBER_INT8].base_url)
+        if not args.no_openvino:
+            if ensure_openvino(args.home, model_folder):
+                servers[EMBER_OPENVINO] = start_ember(args.home, log_dir, OPENVINO_MODEL)
+                openvino = HttpSystem(
+                    EMBER_OPENVINO, servers[EMBER_OPENVINO].base_url, OPENVINO_MODEL
+                )
+                openvino.watch_memory(servers[EMBER_OPENVINO].memory)
+                systems.append(openvino)
+            else:
+                extras.notes.append("OpenVINO runtime not measured: openvino is not installed")
         if "st" in peers:
             systems.append(
                 st_peer.SentenceTransformersSystem(args.st_python, model_folder, workloads)

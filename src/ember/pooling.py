@@ -50,3 +50,19 @@ def shorten(vectors: Vectors, dimensions: int, *, layer_norm: bool = False) -> V
         centred = vectors - vectors.mean(axis=1, keepdims=True)
         vectors = (centred / np.sqrt(centred.var(axis=1, keepdims=True) + 1e-5)).astype(np.float32)
     return normalize(np.ascontiguousarray(vectors[:, :dimensions]))
+
+
+def finish_graph_output(
+    output: npt.NDArray[np.float32],
+    attention_mask: npt.NDArray[np.int64],
+    *,
+    pooled_in_graph: bool,
+    pooling: Pooling,
+    normalize_output: bool,
+) -> Vectors:
+    """An ONNX graph's output as sentence vectors: pooled here if it gave token states, and
+    normalised if the model's settings say so (Ember's graphs already are: a no-op again)."""
+    vectors = np.asarray(output, dtype=np.float32)
+    if not pooled_in_graph and vectors.ndim == 3:
+        vectors = pool(vectors, attention_mask, pooling)
+    return normalize(vectors) if normalize_output else vectors

@@ -105,3 +105,32 @@ def test_token_ids_setting_model_reads_short_ambiguous_ids_as_the_models(
         by_text = client.post("/v1/embeddings", json={"model": MODEL, "input": "hello world"})
     expected = by_text.json()["data"][0]["embedding"]
     assert cosines([by_ids["data"][0]["embedding"]], [expected])[0] > 0.99999
+
+
+def test_the_default_model_runs_on_onnx_runtime(http: httpx.Client) -> None:
+    http.post("/v1/embeddings", json={"model": MODEL, "input": "Hi"})
+    assert http.get(f"/v1/models/{MODEL}").json()["runtime"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_each_runtime_matches_sentence_transformers(
+    default_models_dir: Path, tmp_path: Path, runtime: str
+) -> None:
+    """The same folder served with `runtime` set in its model.json."""
+    folder = tmp_path / "models" / MODEL
+    folder.mkdir(parents=True)
+    for item in (default_models_dir / MODEL).iterdir():
+        if item.name != "model.json":
+            (folder / item.name).symlink_to(item)
+    settings = json.loads((default_models_dir / MODEL / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**settings, "runtime": runtime}))
+    served = ServerSettings(home=tmp_path, models_dir=tmp_path / "models")
+    with serve_in_thread(served) as running, httpx.Client(base_url=running.base_url) as client:
+        batched = client.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS}).json()
+        alone = client.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS[3]}).json()
+        card = client.get(f"/v1/models/{MODEL}").json()
+    vectors = [item["embedding"] for item in batched["data"]]
+    assert cosines(vectors, REFERENCE["texts_embeddings"]).min() >= 0.9999
+    (cosine,) = cosines([alone["data"][0]["embedding"]], [REFERENCE["texts_embeddings"][3]])
+    assert cosine >= 0.9999
+    assert card["runtime"] == runtime

@@ -64,6 +64,7 @@ class ModelCard(BaseModel):
     owned_by: str
     embedding: bool
     engine: str
+    runtime: str | None = None  # what computes the vectors, once loaded
     dimensions: int
     max_tokens: int
     pooling: str

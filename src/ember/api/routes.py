@@ -205,6 +205,7 @@ def _card(entry: RegisteredModel) -> ModelCard:
         owned_by="ember",
         embedding=settings.embedding,
         engine=settings.engine,
+        runtime=entry.loaded.engine.runtime if entry.loaded is not None else None,
         dimensions=settings.dimensions,
         max_tokens=settings.ctx_len,
         pooling=settings.pooling,

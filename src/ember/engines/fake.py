@@ -38,6 +38,10 @@ class FakeEngine:
     def lanes(self) -> int:
         return self._lanes
 
+    @property
+    def runtime(self) -> str:
+        return "fake"
+
     def embed(self, batch: TokenBatch) -> Vectors:
         if not self._embedding_mode:
             raise EmbeddingUnsupported("model instance was loaded without embeddings")

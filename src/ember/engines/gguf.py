@@ -184,6 +184,10 @@ class LlamaEngine:
     def lanes(self) -> int:
         return 1  # one llama.cpp context: calls must not overlap
 
+    @property
+    def runtime(self) -> str:
+        return "llama.cpp"
+
     def embed(self, batch: TokenBatch) -> Vectors:
         rows = [self._embed_group(group) for group in self._groups(batch.sequences)]
         vectors = np.concatenate(rows) if rows else np.zeros((0, self._dimensions), np.float32)

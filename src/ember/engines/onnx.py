@@ -10,7 +10,7 @@ import numpy as np
 
 from ember.engines.base import TokenBatch, Vectors
 from ember.errors import ModelLoadFailed
-from ember.pooling import Pooling, normalize, pool
+from ember.pooling import Pooling, finish_graph_output
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,10 @@ class OnnxEngine:
     def lanes(self) -> int:
         return self._lanes
 
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime"
+
     def embed(self, batch: TokenBatch) -> Vectors:
         input_ids, attention_mask = batch.padded(self._pad_id)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -109,13 +113,13 @@ class OnnxEngine:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         feeds = {name: value for name, value in feeds.items() if name in self._input_names}
         (output,) = self._session.run([self._output_name], feeds)
-        vectors = np.asarray(output, dtype=np.float32)
-        if self._pooled_in_graph:
-            # Ember's graphs normalise already (a no-op again); a user's may not.
-            return normalize(vectors) if self._normalize else vectors
-        if vectors.ndim == 3:
-            vectors = pool(vectors, attention_mask, self._pooling)
-        return normalize(vectors) if self._normalize else vectors
+        return finish_graph_output(
+            output,
+            attention_mask,
+            pooled_in_graph=self._pooled_in_graph,
+            pooling=self._pooling,
+            normalize_output=self._normalize,
+        )
 
     def close(self) -> None:
         del self._session

@@ -65,6 +65,8 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
     if settings.engine == "onnx":
         from ember.engines.onnx import INT8_THREADS_PER_LANE, THREADS_PER_LANE, OnnxEngine
 
+        if settings.runtime == "openvino":
+            return _start_openvino(model_path, settings)
         int8 = settings.quantize == "int8"
         return OnnxEngine(
             model_path,
@@ -76,6 +78,25 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
             threads_per_lane=INT8_THREADS_PER_LANE if int8 else THREADS_PER_LANE,
         )
     raise ModelLoadFailed(f"{settings.id}: unknown engine {settings.engine}", settings.id)
+
+
+def _start_openvino(model_path: Path, settings: ModelSettings) -> Engine:
+    """OpenVINO, as the model's settings ask; it refuses graphs it would not compute as ONNX
+    Runtime does (see engines/openvino.py), and GPUs, lanes and int8 are ONNX Runtime's."""
+    if settings.ngl or settings.lanes or settings.quantize:
+        raise ModelLoadFailed(
+            f"{settings.id}: runtime openvino runs float32 graphs on CPU; drop ngl, lanes and "
+            "quantize from model.json, or use runtime onnxruntime",
+            settings.id,
+        )
+    from ember.engines.openvino import OpenVinoEngine
+
+    return OpenVinoEngine(
+        model_path,
+        pooling=settings.pooling,
+        normalize_output=settings.normalize,
+        output_name=settings.onnx_output,
+    )
 
 
 def _start_gguf(folder: Path, settings: ModelSettings) -> tuple[ModelTokenizer, Engine]:

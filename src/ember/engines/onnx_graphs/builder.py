@@ -18,6 +18,8 @@ FloatArray = npt.NDArray[np.float32]
 DEFAULT_OPSET = 17
 # ONNX Runtime's contrib operators (Attention, BiasGelu, ...) live in this domain.
 MICROSOFT_DOMAIN = "com.microsoft"
+# The initializer holding map_row_chunks' block size, read back by engines that must know it.
+CHUNK_TOKENS_CONSTANT = "chunk_tokens"
 
 
 @dataclass
@@ -215,7 +217,8 @@ def map_row_chunks(
     sequence = builder.op("Gather", shape, builder.int64_scalar("index", 1), axis=0)
     one = builder.int64_scalar("one", 1)
     safe_sequence = builder.op("Max", sequence, one)
-    rows = builder.op("Div", builder.int64_scalar("chunk_tokens", chunk_tokens), safe_sequence)
+    block = builder.int64_scalar(CHUNK_TOKENS_CONSTANT, chunk_tokens)
+    rows = builder.op("Div", block, safe_sequence)
     rows = builder.op("Max", rows, one)
     # ceil(batch / rows) iterations, and one for an empty batch: an empty sequence can't concat.
     chunks = builder.op("Div", builder.op("Sub", builder.op("Add", batch, rows), one), rows)
