@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
-from ember.engines.base import TokenBatch, Vectors
+from ember.engines.base import TokenBatch, TokenIds, Vectors
 from ember.errors import ModelLoadFailed
 from ember.pooling import Pooling, finish_graph_output
 
@@ -76,7 +77,7 @@ class OnnxEngine:
             )
         except Exception as exc:  # ORT raises its own untyped errors for bad files
             # ORT quotes the full path; name the file only, never where the data folder is.
-            reason = _first_line(exc).replace(str(model_path), model_path.name)
+            reason = first_line(exc).replace(str(model_path), model_path.name)
             raise ModelLoadFailed(f"cannot load {model_path.name}: {reason}") from exc
         self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
         outputs = self._session.get_outputs()
@@ -107,11 +108,7 @@ class OnnxEngine:
         return "onnxruntime"
 
     def embed(self, batch: TokenBatch) -> Vectors:
-        input_ids, attention_mask = batch.padded(self._pad_id)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        feeds = {name: value for name, value in feeds.items() if name in self._input_names}
+        feeds, attention_mask = graph_feeds(batch, self._pad_id, self._input_names)
         (output,) = self._session.run([self._output_name], feeds)
         return finish_graph_output(
             output,
@@ -125,6 +122,18 @@ class OnnxEngine:
         del self._session
 
 
+def graph_feeds(
+    batch: TokenBatch, pad_id: int, input_names: Collection[str]
+) -> tuple[dict[str, TokenIds], TokenIds]:
+    """A graph's inputs for `batch` (ids, mask and zero token types, as far as it takes them),
+    and the attention mask for pooling outside the graph."""
+    input_ids, attention_mask = batch.padded(pad_id)
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(input_ids)
+    return {name: value for name, value in feeds.items() if name in input_names}, attention_mask
+
+
 def _providers(gpu_layers: int) -> list[str]:
     import onnxruntime as ort
 
@@ -135,5 +144,6 @@ def _providers(gpu_layers: int) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """An error's first line: runtimes' load errors run on for pages."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from ember.engines.base import TokenBatch, Vectors
-from ember.engines.onnx import POOLED_OUTPUT, available_cores
+from ember.engines.onnx import POOLED_OUTPUT, available_cores, first_line, graph_feeds
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
 from ember.errors import ModelLoadFailed
 from ember.pooling import Pooling, finish_graph_output
@@ -99,7 +99,7 @@ class OpenVinoEngine:
         try:
             compiled = ov.Core().compile_model(str(model_path), "CPU", config)
         except Exception as exc:  # OpenVINO raises its own untyped errors for bad graphs
-            reason = _first_line(exc).replace(str(model_path), model_path.name)
+            reason = first_line(exc).replace(str(model_path), model_path.name)
             raise ModelLoadFailed(f"OpenVINO cannot load {model_path.name}: {reason}") from exc
         self._compiled = compiled
         self._request = compiled.create_infer_request()
@@ -133,11 +133,7 @@ class OpenVinoEngine:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def _embed_piece(self, batch: TokenBatch) -> Vectors:
-        input_ids, attention_mask = batch.padded(self._pad_id)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        feeds = {name: value for name, value in feeds.items() if name in self._input_names}
+        feeds, attention_mask = graph_feeds(batch, self._pad_id, self._input_names)
         with self._turn:
             # share_outputs=False: the rows are copied out of the request's buffer, which
             # the next call overwrites.
@@ -193,7 +189,7 @@ def _call_limit(model_path: Path) -> int | None:
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a bad file
-        raise ModelLoadFailed(f"cannot read {model_path.name}: {_first_line(exc)}") from exc
+        raise ModelLoadFailed(f"cannot read {model_path.name}: {first_line(exc)}") from exc
     foreign = sorted({entry.domain for entry in model.opset_import} - {"", "ai.onnx"})
     if foreign:
         raise NotForOpenVino(
@@ -240,7 +236,3 @@ def _output_port(outputs: list[Any], wanted: str | None, file_name: str) -> Any:
         return outputs[0]
     names = sorted(name for port in outputs for name in port.get_names())
     raise ModelLoadFailed(f"{file_name} has no output {wanted!r} ({names})")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
