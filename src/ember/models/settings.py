@@ -51,8 +51,8 @@ class ModelSettings(BaseModel):
         default="onnxruntime",
         description=(
             "What runs an ONNX graph. openvino (the `openvino` extra; float32 graphs of "
-            "standard operators, on CPU): 1.1-1.2x ONNX Runtime's tokens/s on MiniLM, but "
-            "1.5-2.5x its memory under varied batch shapes, and each new shape's first call "
+            "standard operators, on CPU): 1.02-1.16x ONNX Runtime's tokens/s through the "
+            "server on MiniLM, but 1.5-2.5x its memory, and each new batch shape's first call "
             "takes 15-30 ms longer."
         ),
     )
