@@ -110,14 +110,21 @@ def run_graph(
 @pytest.mark.parametrize("pooling", ["mean", "cls", "lasttoken"])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("chunk_tokens", CHUNKINGS)
+@pytest.mark.parametrize("fused_attention", [True, False], ids=["attention-op", "standard"])
 def test_matches_reference(
-    prefix: str, pooling: str, normalize: bool, chunk_tokens: int | None
+    prefix: str, pooling: str, normalize: bool, chunk_tokens: int | None, fused_attention: bool
 ) -> None:
     config, weights = tiny_config(), tiny_weights(prefix)
     input_ids, attention_mask = padded_batch(LENGTHS)
     options: dict[str, Any] = {"pooling": pooling, "normalize": normalize}
     actual = run_graph(
-        config, weights, input_ids, attention_mask, chunk_tokens=chunk_tokens, **options
+        config,
+        weights,
+        input_ids,
+        attention_mask,
+        chunk_tokens=chunk_tokens,
+        fused_attention=fused_attention,
+        **options,
     )
     expected = bert_sentence_embeddings(config, weights, input_ids, attention_mask, **options)
     assert actual.dtype == np.float32
@@ -137,14 +144,26 @@ def test_fused_operators_match_reference(pooling: str) -> None:
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
 
 
+def test_default_attention_is_one_operator_per_layer() -> None:
+    config = tiny_config()
+    model = build_bert_graph(config, tiny_weights(), pooling="mean", normalize=True)
+    loop = next(node for node in model.graph.node if node.op_type == "Loop")
+    body = loop.attribute[0].g.node
+    attention = [node for node in body if node.op_type == "Attention"]
+    assert len(attention) == config["num_hidden_layers"]
+    assert {node.domain for node in attention} == {"com.microsoft"}
+    assert not any(node.op_type in ("Softmax", "Transpose") for node in body)
+
+
 def test_folded_attention_biases_give_the_same_vectors_with_fewer_passes() -> None:
     config, weights = tiny_config(), tiny_weights()
     assert np.abs(weights["encoder.layer.0.attention.self.value.bias"]).max() > 0.01
     input_ids, attention_mask = padded_batch(LENGTHS)
     options: dict[str, Any] = {"pooling": "mean", "normalize": False}
-    folded = run_graph(config, weights, input_ids, attention_mask, **options)
+    standard = {"fused_attention": False, **options}
+    folded = run_graph(config, weights, input_ids, attention_mask, **standard)
     unfolded = run_graph(
-        config, weights, input_ids, attention_mask, fold_attention_biases=False, **options
+        config, weights, input_ids, attention_mask, fold_attention_biases=False, **standard
     )
     np.testing.assert_allclose(folded, unfolded, atol=1e-5, rtol=0)
     expected = bert_sentence_embeddings(config, weights, input_ids, attention_mask, **options)
@@ -154,8 +173,8 @@ def test_folded_attention_biases_give_the_same_vectors_with_fewer_passes() -> No
         loop = next(node for node in model.graph.node if node.op_type == "Loop")
         return sum(node.op_type == "Add" for node in loop.attribute[0].g.node)
 
-    fewer = adds(build_bert_graph(config, weights, **options)) - adds(
-        build_bert_graph(config, weights, fold_attention_biases=False, **options)
+    fewer = adds(build_bert_graph(config, weights, **standard)) - adds(
+        build_bert_graph(config, weights, fold_attention_biases=False, **standard)
     )
     assert fewer == -2 * config["num_hidden_layers"]
 
