@@ -93,7 +93,8 @@ def target_rows(
         if share is not None and share > 1.0:  # the peak run was slowed by other processes
             rows.append([name, f"{share:.0%}: peak disturbed", "n/a"])
         else:
-            rows.append(_row(name, share, f"{share or 0:.0%}", (share or 0) >= 0.8))
+            # One decimal: a share just under the target must not print as the target.
+            rows.append(_row(name, share, f"{share or 0:.1%}", (share or 0) >= 0.8))
     mixed, control = ember("mixed"), ember("mixed_control")
     value = mixed.tokens_per_second / control.tokens_per_second if mixed and control else None
     rows.append(
