@@ -1,12 +1,13 @@
 """OpenVINO engine: runs the same ONNX graph as OnnxEngine, on CPU, with OpenVINO's kernels.
 
 Opt-in per model (model.json `"runtime": "openvino"`), not the default. On all-MiniLM-L6-v2
-(2-core AVX-512 CPU, OpenVINO 2026.4, ONNX Runtime 1.32, Ember's fp32 graph) it gave, called
-directly in paired runs, 1.12x ONNX Runtime's tokens/s on 4 passages of 128 tokens, 1.19x on
-32 sentences of 16, 1.02x on one 10-token query; through the server 1.02-1.16x, a query
-within 0.2 ms either way, 433 MB of memory instead of 272, and each new batch shape's first
-call 15-30 ms longer while OpenVINO prepares kernels for it. Its vectors equal ONNX Runtime's
-(min cosine 1.0000).
+(2-core AVX-512 CPU, OpenVINO 2026.4, ONNX Runtime 1.32), on a graph of standard operators,
+called directly in paired runs: 1.12x ONNX Runtime's tokens/s on 4 passages of 128 tokens,
+1.19x on 32 sentences of 16, 1.02x on one 10-token query. Ember's BERT graphs now use ONNX
+Runtime's fused Attention, and through the server OpenVINO gave 0.96-1.04x on them (1.12x for
+64 concurrent clients). It holds more memory (428 MB instead of 266 after the benchmark), and
+each new batch shape's first call takes 15-30 ms longer while it prepares kernels for it. Its
+vectors equal ONNX Runtime's (min cosine 1.0000).
 
 Graphs it would not compute as ONNX Runtime does are refused, and calls are cut to the graph's
 row blocks (see _call_limit). Precision is pinned to f32: on CPUs with bf16 units OpenVINO

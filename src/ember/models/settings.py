@@ -50,10 +50,10 @@ class ModelSettings(BaseModel):
     runtime: Literal["onnxruntime", "openvino"] = Field(
         default="onnxruntime",
         description=(
-            "What runs an ONNX graph. openvino (the `openvino` extra; float32 graphs of "
-            "standard operators, on CPU): 1.02-1.16x ONNX Runtime's tokens/s through the "
-            "server on MiniLM, but 1.5-2.5x its memory, and each new batch shape's first call "
-            "takes 15-30 ms longer."
+            "What runs an ONNX graph. openvino (the `openvino` extra; float32, CPU): on MiniLM "
+            "1.12-1.19x ONNX Runtime's tokens/s called directly on standard operators, "
+            "0.96-1.04x through the server on Ember's graphs (fused Attention); 1.5-2.5x the "
+            "memory; each new batch shape's first call 15-30 ms longer."
         ),
     )
     ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
