@@ -52,7 +52,7 @@ class ModelSettings(BaseModel):
         description=(
             "What runs an ONNX graph. openvino (the `openvino` extra; float32, CPU): on MiniLM "
             "1.12-1.19x ONNX Runtime's tokens/s called directly on standard operators, "
-            "0.96-1.04x through the server on Ember's graphs (fused Attention); 1.5-2.5x the "
+            "0.96-1.09x through the server on Ember's graphs (fused Attention); 1.5-2.5x the "
             "memory; each new batch shape's first call 15-30 ms longer."
         ),
     )
