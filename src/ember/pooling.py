@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -52,17 +53,20 @@ def shorten(vectors: Vectors, dimensions: int, *, layer_norm: bool = False) -> V
     return normalize(np.ascontiguousarray(vectors[:, :dimensions]))
 
 
-def finish_graph_output(
-    output: npt.NDArray[np.float32],
-    attention_mask: npt.NDArray[np.int64],
-    *,
-    pooled_in_graph: bool,
-    pooling: Pooling,
-    normalize_output: bool,
-) -> Vectors:
-    """An ONNX graph's output as sentence vectors: pooled here if it gave token states, and
-    normalised if the model's settings say so (Ember's graphs already are: a no-op again)."""
-    vectors = np.asarray(output, dtype=np.float32)
-    if not pooled_in_graph and vectors.ndim == 3:
-        vectors = pool(vectors, attention_mask, pooling)
-    return normalize(vectors) if normalize_output else vectors
+@dataclass(frozen=True)
+class GraphOutputFinish:
+    """Turns an ONNX graph's output into sentence vectors: pooled here if the graph gave token
+    states, and normalised if the model's settings say so (Ember's graphs already are: a no-op
+    again)."""
+
+    pooled_in_graph: bool
+    pooling: Pooling
+    normalize_output: bool
+
+    def __call__(
+        self, output: npt.NDArray[np.float32], attention_mask: npt.NDArray[np.int64]
+    ) -> Vectors:
+        vectors = np.asarray(output, dtype=np.float32)
+        if not self.pooled_in_graph and vectors.ndim == 3:
+            vectors = pool(vectors, attention_mask, self.pooling)
+        return normalize(vectors) if self.normalize_output else vectors

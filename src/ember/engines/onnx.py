@@ -11,7 +11,7 @@ import numpy as np
 
 from ember.engines.base import TokenBatch, TokenIds, Vectors
 from ember.errors import ModelLoadFailed
-from ember.pooling import Pooling, finish_graph_output
+from ember.pooling import GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,11 @@ class OnnxEngine:
         if output_name not in names:
             raise ModelLoadFailed(f"{model_path.name} has no output {output_name!r} ({names})")
         self._output_name = output_name
-        self._pooled_in_graph = output_name == POOLED_OUTPUT
-        self._pooling = pooling
-        self._normalize = normalize_output
+        self._finish = GraphOutputFinish(
+            pooled_in_graph=output_name == POOLED_OUTPUT,
+            pooling=pooling,
+            normalize_output=normalize_output,
+        )
         self._pad_id = pad_id
         shape = next(output.shape for output in outputs if output.name == output_name)
         width = shape[-1]
@@ -110,13 +112,7 @@ class OnnxEngine:
     def embed(self, batch: TokenBatch) -> Vectors:
         feeds, attention_mask = graph_feeds(batch, self._pad_id, self._input_names)
         (output,) = self._session.run([self._output_name], feeds)
-        return finish_graph_output(
-            output,
-            attention_mask,
-            pooled_in_graph=self._pooled_in_graph,
-            pooling=self._pooling,
-            normalize_output=self._normalize,
-        )
+        return self._finish(output, attention_mask)
 
     def close(self) -> None:
         del self._session

@@ -28,7 +28,7 @@ from ember.engines.base import TokenBatch, Vectors
 from ember.engines.onnx import POOLED_OUTPUT, available_cores, first_line, graph_feeds
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
 from ember.errors import ModelLoadFailed
-from ember.pooling import Pooling, finish_graph_output
+from ember.pooling import GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,11 @@ class OpenVinoEngine:
         self._turn = threading.Lock()
         self._input_names = {name for port in compiled.inputs for name in port.get_names()}
         self._output = _output_port(compiled.outputs, output_name, model_path.name)
-        self._pooled_in_graph = POOLED_OUTPUT in self._output.get_names()
-        self._pooling = pooling
-        self._normalize = normalize_output
+        self._finish = GraphOutputFinish(
+            pooled_in_graph=POOLED_OUTPUT in self._output.get_names(),
+            pooling=pooling,
+            normalize_output=normalize_output,
+        )
         self._pad_id = pad_id
         width = self._output.get_partial_shape()[-1]
         self._dimensions = width.get_length() if width.is_static else 0
@@ -147,13 +149,7 @@ class OpenVinoEngine:
             # the next call overwrites.
             results = self._request.infer(feeds, share_inputs=False, share_outputs=False)
             output = results[self._output]
-        return finish_graph_output(
-            output,
-            attention_mask,
-            pooled_in_graph=self._pooled_in_graph,
-            pooling=self._pooling,
-            normalize_output=self._normalize,
-        )
+        return self._finish(output, attention_mask)
 
     def close(self) -> None:
         del self._request
