@@ -15,6 +15,9 @@ from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
 from ember.engines.openvino import NotForOpenVino, OpenVinoEngine, _pieces
 from ember.errors import ModelLoadFailed
 from tests.engines.test_bert_graph import POSITIONS, VOCAB, tiny_config, tiny_weights
+from tests.support.openvino import require_openvino
+
+require_openvino()
 
 
 def saved_graph(

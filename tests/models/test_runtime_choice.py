@@ -18,6 +18,7 @@ from ember.models.loader import load_model
 from ember.models.settings import ModelSettings
 from tests.engines.test_bert_graph import tiny_config, tiny_weights
 from tests.support.models import write_tiny_tokenizer
+from tests.support.openvino import require_openvino
 
 MODEL = "tiny-bert"
 
@@ -51,6 +52,7 @@ def test_onnx_runtime_is_the_default(tmp_path: Path) -> None:
 
 
 def test_openvino_runs_a_float_graph_when_asked(tmp_path: Path) -> None:
+    require_openvino()
     assert runtime_of(model_folder(tmp_path), runtime="openvino") == "openvino"
 
 
@@ -65,6 +67,7 @@ def test_openvino_with_onnx_runtime_features_is_refused(
 
 
 def test_openvino_asked_for_a_graph_it_cannot_run_fails_the_load(tmp_path: Path) -> None:
+    require_openvino()
     with pytest.raises(ModelLoadFailed, match=rf"{MODEL}: .*com\.microsoft"):
         load_model(model_folder(tmp_path, fused=True), settings(runtime="openvino"))
 
