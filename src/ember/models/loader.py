@@ -62,11 +62,11 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
         raise ModelLoadFailed(
             f"{settings.id}: model file {settings.model_file} is missing", settings.id
         )
+    if settings.engine == "onnx" and settings.runtime == "openvino":
+        return _start_openvino(model_path, settings)
     if settings.engine == "onnx":
         from ember.engines.onnx import INT8_THREADS_PER_LANE, THREADS_PER_LANE, OnnxEngine
 
-        if settings.runtime == "openvino":
-            return _start_openvino(model_path, settings)
         int8 = settings.quantize == "int8"
         return OnnxEngine(
             model_path,
