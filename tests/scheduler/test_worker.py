@@ -20,10 +20,33 @@ class MeetingEngine(FakeEngine):
         self.meeting = threading.Barrier(2, timeout=10)
         self.batches: list[int] = []
 
-    def embed(self, batch: TokenBatch) -> Vectors:
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        assert not alone, "a batch beside another one does not run alone"
         self.meeting.wait()  # raises BrokenBarrierError unless another lane runs meanwhile
         self.batches.append(len(batch))
         return super().embed(batch)
+
+
+class WatchedEngine(FakeEngine):
+    """Two slow lanes that note, for each call, whether it ran alone and what overlapped it."""
+
+    def __init__(self) -> None:
+        super().__init__(8, {"lanes": 2, "delay_seconds": 0.05})
+        self._lock = threading.Lock()
+        self.inside: list[bool] = []  # the `alone` flags of the calls under way
+        self.calls: list[tuple[int, bool, int]] = []  # (sequences, alone, calls already inside)
+
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        with self._lock:
+            self.calls.append((len(batch), alone, len(self.inside)))
+            overlapped_alone = any(self.inside)
+            self.inside.append(alone)
+        try:
+            assert not overlapped_alone, "a batch started beside one running alone"
+            return super().embed(batch)
+        finally:
+            with self._lock:
+                self.inside.remove(alone)
 
 
 def test_one_request_is_split_over_idle_lanes_that_run_at_once() -> None:
@@ -89,9 +112,11 @@ class ThreadRecordingEngine(FakeEngine):
     def __init__(self, options: dict[str, object]) -> None:
         super().__init__(8, options)
         self.threads: list[str] = []
+        self.alone: list[bool] = []
 
-    def embed(self, batch: TokenBatch) -> Vectors:
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
         self.threads.append(threading.current_thread().name)
+        self.alone.append(alone)
         return super().embed(batch)
 
 
@@ -121,6 +146,7 @@ def test_a_short_request_on_an_idle_fast_model_runs_on_the_event_loop_thread() -
     assert first.startswith("engine-m-")  # the engine's speed is not known yet
     assert (second, fourth) == (loop_thread, loop_thread)
     assert third.startswith("engine-m-")
+    assert engine.alone == [True] * 4, "each request, one by one, had the engine to itself"
     reference = FakeEngine(8, {})
     np.testing.assert_array_equal(vectors[1], reference.embed(TokenBatch(short)))
     np.testing.assert_array_equal(vectors[2], reference.embed(TokenBatch(long)))
@@ -187,3 +213,26 @@ def test_requests_arriving_together_are_batched_not_run_inline_one_by_one() -> N
     for n, result in enumerate(vectors):
         expected = reference.embed(TokenBatch([np.arange(1, 11, dtype=np.int64) + n]))
         np.testing.assert_array_equal(result, expected)
+
+
+def test_a_lone_batch_runs_alone_and_no_lane_starts_beside_it() -> None:
+    engine = WatchedEngine()
+
+    async def source(_reload: bool) -> Engine:
+        return engine
+
+    async def scenario() -> None:
+        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+        try:
+            first = asyncio.ensure_future(worker.embed([np.arange(1, 9, dtype=np.int64)]))
+            await asyncio.sleep(0.02)  # the first batch is running, alone
+            later = [worker.embed([np.arange(n, n + 8, dtype=np.int64)]) for n in range(2, 12)]
+            await asyncio.gather(first, *later)
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+    assert engine.calls[0] == (1, True, 0)
+    split = [call for call in engine.calls[1:] if not call[1]]
+    assert split, "the ten later requests pending together run on both lanes"
+    assert max(inside for _, _, inside in engine.calls) == 1, "two lanes ran at once"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -39,7 +40,7 @@ from ember.bulk.writers import (
     has_partial,
     open_writer,
 )
-from ember.engines.base import TokenBatch, TokenIds
+from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
 from ember.errors import DimensionsNotSupported, ModelNotEmbedding
 from ember.models.loader import LoadedModel
 from ember.models.prompts import prompt_for
@@ -251,9 +252,10 @@ def _embed_chunk(
     )
     native = np.zeros((len(rows), model.settings.dimensions), dtype=np.float32)
     lengths = [len(sequence) for sequence in sequences]
-    for batch in token_batches(lengths, options.batch_tokens):
-        chosen: list[TokenIds] = [sequences[number] for number in batch]
-        native[positions[batch]] = model.engine.embed(TokenBatch(chosen))
+    batches = token_batches(lengths, options.batch_tokens)
+    results = _embed_batches(model.engine, sequences, batches)
+    for batch, vectors in zip(batches, results, strict=True):
+        native[positions[batch]] = vectors
         if progress is not None:
             progress.advance(len(batch), sum(lengths[number] for number in batch))
     if progress is not None and len(positions) < len(rows):
@@ -272,6 +274,22 @@ def _embed_chunk(
         truncated=truncated,
         empty=len(rows) - len(positions),
     )
+
+
+def _embed_batches(
+    engine: Engine, sequences: list[TokenIds], batches: list[npt.NDArray[np.intp]]
+) -> Iterator[Vectors]:
+    """Each batch's vectors, in order: on the engine's lanes at once, as the server runs them
+    (a lone batch alone, on every core)."""
+
+    def embed(batch: npt.NDArray[np.intp], *, alone: bool = False) -> Vectors:
+        return engine.embed(TokenBatch([sequences[number] for number in batch]), alone=alone)
+
+    if engine.lanes == 1 or len(batches) == 1:
+        yield from (embed(batch, alone=True) for batch in batches)
+        return
+    with ThreadPoolExecutor(engine.lanes) as lanes:
+        yield from lanes.map(embed, batches)
 
 
 def _tokenised(

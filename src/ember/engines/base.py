@@ -46,7 +46,9 @@ class Engine(Protocol):
     """A loaded model that turns token ids into sentence vectors.
 
     `embed` returns one float32 row per sequence, pooled and normalised as the model's
-    settings say. It blocks; up to `lanes` calls run at once, each on its own thread.
+    settings say. It blocks; up to `lanes` calls run at once, each on its own thread. A call
+    made `alone` has the machine to itself: no other call runs until it returns, so an engine
+    whose lanes split the cores may give it every core (a lone query's latency).
     """
 
     @property
@@ -62,7 +64,7 @@ class Engine(Protocol):
         """What computes the vectors (onnxruntime, openvino, llama.cpp), for /v1/models."""
         ...
 
-    def embed(self, batch: TokenBatch) -> Vectors: ...
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors: ...
 
     def close(self) -> None: ...
 

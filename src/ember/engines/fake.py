@@ -42,7 +42,7 @@ class FakeEngine:
     def runtime(self) -> str:
         return "fake"
 
-    def embed(self, batch: TokenBatch) -> Vectors:
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
         if not self._embedding_mode:
             raise EmbeddingUnsupported("model instance was loaded without embeddings")
         if self._delay:

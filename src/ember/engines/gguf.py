@@ -188,7 +188,7 @@ class LlamaEngine:
     def runtime(self) -> str:
         return "llama.cpp"
 
-    def embed(self, batch: TokenBatch) -> Vectors:
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
         rows = [self._embed_group(group) for group in self._groups(batch.sequences)]
         vectors = np.concatenate(rows) if rows else np.zeros((0, self._dimensions), np.float32)
         return normalize(vectors) if self._normalize else vectors

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection
+import threading
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,11 +18,9 @@ from ember.pooling import GraphOutputFinish, Pooling
 log = logging.getLogger(__name__)
 
 POOLED_OUTPUT = "sentence_embedding"
-THREADS_PER_LANE = 4  # the default split of cores into lanes (see OnnxEngine)
-# Ember's int8 graphs: one thread per lane. Their per-token quantisation and the passes around
-# each int8 product are memory-bound small operators that ONNX Runtime's pool does not speed
-# up: on MiniLM, 2 cores, one 2-thread call ran 1.24x one thread; two 1-thread lanes 1.55-1.75x.
-INT8_THREADS_PER_LANE = 1
+# The default split of cores into lanes (see OnnxEngine): one thread per lane, as whole
+# batches side by side need no barrier between cores after every operator.
+THREADS_PER_LANE = 1
 
 
 def available_cores() -> int:
@@ -38,13 +38,17 @@ class OnnxEngine:
     files users bring may return token states or unnormalised vectors, which are finished
     here as the model's settings say.
 
-    On CPU the scheduler may run several calls at once (`lanes`), each on cores/lanes threads.
-    Whole batches side by side need no barrier between cores after every operator, as ONNX
-    Runtime's intra-op pool does: on MiniLM, 2 cores, two 1-thread lanes gave 1.25-1.7x the
-    tokens/s of one 2-thread call while other processes took CPU, and the same on an idle
-    machine, but a lone 10-token query took 3.0 ms instead of 1.8. So the default keeps
-    about four threads per lane (`threads_per_lane`): one lane up to 7 cores (unmeasured
-    beyond 2). Ember's int8 graphs do better on one thread per lane (INT8_THREADS_PER_LANE).
+    A call the scheduler makes `alone` (nothing else running) runs on every core: a lone
+    10-token MiniLM query took 2.6 ms so against 4.2 ms on one of 2 cores. When work piles
+    up, the scheduler runs several calls at once (`lanes`), each on cores/lanes threads, on
+    a second session that the first such call opens in the background (until it is open,
+    they take turns on the first): whole batches side by side need no barrier between cores
+    after every operator, as ONNX Runtime's intra-op pool does. On MiniLM, 2 cores, two
+    1-thread lanes gave 1.07-1.16x the tokens/s of one 2-thread call while the host was
+    busy (1.25-1.7x with busy processes beside the server), the same on an idle machine;
+    int8 graphs 1.55-1.75x, whose small memory-bound operators gain little from a second
+    thread. The second session is a second copy of the weights (MiniLM: +110 MB); `lanes: 1`
+    never opens it.
     """
 
     def __init__(
@@ -60,25 +64,10 @@ class OnnxEngine:
         lanes: int | None = None,
         threads_per_lane: int = THREADS_PER_LANE,
     ) -> None:
-        import onnxruntime as ort
-
         cores = threads or available_cores()
-        wanted = lanes or max(1, cores // threads_per_lane)
-        self._lanes = 1 if gpu_layers > 0 else max(1, min(wanted, cores))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, cores // self._lanes)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=_providers(gpu_layers)
-            )
-        except Exception as exc:  # ORT raises its own untyped errors for bad files
-            # ORT quotes the full path; name the file only, never where the data folder is.
-            reason = first_line(exc).replace(str(model_path), model_path.name)
-            raise ModelLoadFailed(f"cannot load {model_path.name}: {reason}") from exc
+        self._lanes = lane_count(cores, lanes, threads_per_lane, gpu_layers)
+        self._session = _open_session(model_path, cores, gpu_layers)
+        self._lane_sessions = _LaneSession(model_path, max(1, cores // self._lanes), gpu_layers)
         self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
         outputs = self._session.get_outputs()
         names = [output.name for output in outputs]
@@ -109,13 +98,92 @@ class OnnxEngine:
     def runtime(self) -> str:
         return "onnxruntime"
 
-    def embed(self, batch: TokenBatch) -> Vectors:
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
         feeds, attention_mask = graph_feeds(batch, self._pad_id, self._input_names)
-        (output,) = self._session.run([self._output_name], feeds)
+        if alone or self._lanes == 1:
+            (output,) = self._session.run([self._output_name], feeds)
+        else:
+            output = self._lane_sessions.run(self._output_name, feeds, fallback=self._session)
         return self._finish(output, attention_mask)
 
     def close(self) -> None:
+        self._lane_sessions.close()
         del self._session
+
+
+def lane_count(
+    cores: int, lanes: int | None, threads_per_lane: int = THREADS_PER_LANE, gpu_layers: int = 0
+) -> int:
+    """How many calls an ONNX Runtime model runs at once: `lanes`, else one per
+    `threads_per_lane` cores; one on a GPU."""
+    if gpu_layers > 0:
+        return 1
+    return max(1, min(lanes or cores // threads_per_lane, cores))
+
+
+class _LaneSession:
+    """The session that lanes running side by side share, opened in the background when the
+    first of them comes; until it is open (or if it cannot be), calls take turns on the
+    all-cores session instead: running beside each other there would oversubscribe it."""
+
+    def __init__(self, model_path: Path, threads: int, gpu_layers: int) -> None:
+        self._open_args = (model_path, threads, gpu_layers)
+        self._session: Any = None
+        self._opening: threading.Thread | None = None
+        self._turns = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None
+
+    def run(self, output_name: str, feeds: Mapping[str, TokenIds], *, fallback: Any) -> Vectors:
+        if self._session is None:
+            self._start_opening()
+            with self._turns:
+                if self._session is None:
+                    (output,) = fallback.run([output_name], feeds)
+                    return np.asarray(output)
+        (output,) = self._session.run([output_name], feeds)
+        return np.asarray(output)
+
+    def _start_opening(self) -> None:
+        with self._turns:
+            if self._opening is None:
+                self._opening = threading.Thread(
+                    target=self._open, name="open-lane-session", daemon=True
+                )
+                self._opening.start()
+
+    def _open(self) -> None:
+        try:
+            self._session = _open_session(*self._open_args)
+        except Exception as exc:  # lanes keep taking turns on the all-cores session
+            log.warning("cannot open a second session for lanes (%s): taking turns", exc)
+
+    def close(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+        self._session = None
+
+
+def _open_session(model_path: Path, threads: int, gpu_layers: int) -> Any:
+    """An ONNX Runtime session on `threads` intra-op threads; ModelLoadFailed for bad files."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=options, providers=_providers(gpu_layers)
+        )
+    except Exception as exc:  # ORT raises its own untyped errors for bad files
+        # ORT quotes the full path; name the file only, never where the data folder is.
+        reason = first_line(exc).replace(str(model_path), model_path.name)
+        raise ModelLoadFailed(f"cannot load {model_path.name}: {reason}") from exc
 
 
 def graph_feeds(

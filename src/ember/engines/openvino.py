@@ -136,7 +136,7 @@ class OpenVinoEngine:
     def runtime(self) -> str:
         return "openvino"
 
-    def embed(self, batch: TokenBatch) -> Vectors:
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
         pieces = [self._embed_piece(piece) for piece in _pieces(batch, self._max_call_tokens)]
         if not pieces:
             return np.empty((0, self._dimensions), dtype=np.float32)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.errors import EmberError, InvalidModelSettings, ModelLoadFailed, ModelNotFound
-from ember.models.loader import LoadedModel, load_model
+from ember.models.loader import LoadedModel, load_model, weight_copies
 from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ class RegisteredModel:
 
     @property
     def memory_estimate(self) -> int:
-        """Bytes the loaded model is expected to hold: its weights file, as runtimes map it."""
+        """Bytes the loaded model may hold: its weights file, as runtimes map it, once per
+        copy its engine may keep (see weight_copies)."""
         if self.settings is None:
             return 0
         weights = self.folder / self.settings.model_file
-        return weights.stat().st_size if weights.is_file() else 0
+        size = weights.stat().st_size if weights.is_file() else 0
+        return size * weight_copies(self.settings)
 
 
 class ModelRegistry:

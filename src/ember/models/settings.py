@@ -42,9 +42,9 @@ class ModelSettings(BaseModel):
         default=None,
         ge=1,
         description=(
-            "ONNX on CPU: batches run at once, each on cores/lanes threads. Default: one per "
-            "4 cores, one per core for int8 graphs. More lanes keep throughput when other "
-            "processes share the cores."
+            "ONNX on CPU: batches run at once, each on cores/lanes threads (default: one per "
+            "core); a call with nothing else to run meanwhile takes every core, on a second "
+            "session (a second copy of the weights). 1: one session on all cores."
         ),
     )
     runtime: Literal["onnxruntime", "openvino"] = Field(

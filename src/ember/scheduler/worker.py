@@ -7,6 +7,10 @@ are idle is split between them. Requests add work and wake a lane; lanes store r
 in their requests and wake the event loop only when requests complete. Faults are handled
 on the event loop (reloading a model is async) while the lanes wait.
 
+A batch that leaves nothing pending and finds no other lane running runs `alone`: the engine
+may give it every core, and no lane starts another batch until it returns (a second batch
+beside it would oversubscribe the cores).
+
 One exception: a short request that finds the model idle runs on the event loop's own thread,
 when the engine is known to answer such requests fast (see INLINE_MAX_SECONDS).
 """
@@ -66,6 +70,7 @@ class ModelWorker:
         self._engine: Engine | None = None  # held only while work is pending (unload frees it)
         self._recovering = 0  # faults being handled on the event loop: lanes wait
         self._running = 0  # lanes inside engine.embed
+        self._alone = False  # a batch runs alone: the other lanes wait until it returns
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,7 +108,9 @@ class ModelWorker:
                 )
             inline = self._may_run_inline(sequences, engine.lanes)
             if inline:
-                self._running += 1  # reserved: requests read meanwhile queue for the lanes
+                # Reserved: requests read meanwhile queue for the lanes, which wait.
+                self._running += 1
+                self._alone = True
             else:
                 self._enqueue(job, engine)
         if inline:
@@ -140,6 +147,7 @@ class ModelWorker:
             if not alone:
                 with self._ready:
                     self._running -= 1
+                    self._alone = False
                     self._ready.notify_all()
         return alone
 
@@ -161,7 +169,7 @@ class ModelWorker:
             self._pool.add(job)
             batch = self._pool.next_batch(share=lanes)  # all of it: see PendingPool.whole_batch
         try:
-            vectors = self._run(engine, batch)
+            vectors = self._run(engine, batch, alone=True)
         except Exception as exc:
             with self._ready:
                 self._recovering += 1
@@ -171,6 +179,7 @@ class ModelWorker:
         finally:
             with self._ready:
                 self._running -= 1
+                self._alone = False
                 self._ready.notify_all()
 
     async def close(self) -> None:
@@ -199,21 +208,23 @@ class ModelWorker:
         assert loop is not None
         while True:
             with self._ready:
-                while not self._closed and (self._recovering or not self._pool):
+                while not self._closed and (self._recovering or self._alone or not self._pool):
                     self._ready.wait()
                 if self._closed:
                     return
                 engine = self._engine
                 idle_lanes = (engine.lanes if engine is not None else 1) - self._running
                 batch = self._pool.next_batch(share=idle_lanes)
+                alone = not self._running and not self._pool
                 if not self._pool:
                     self._engine = None
                 elif idle_lanes > 1:
                     self._ready.notify()  # work is left for another idle lane
                 self._running += 1
+                self._alone = alone
             outcome: Callable[[], None] | None
             try:
-                vectors = self._run(engine, batch)
+                vectors = self._run(engine, batch, alone=alone)
             except Exception as exc:  # an engine fault must fail its batch, not the worker
                 with self._ready:
                     self._recovering += 1
@@ -226,6 +237,8 @@ class ModelWorker:
             finally:
                 with self._ready:
                     self._running -= 1
+                    if alone:
+                        self._alone = False
                     self._ready.notify_all()
             if outcome is None:
                 continue
@@ -243,14 +256,14 @@ class ModelWorker:
                 if item.job.active and item.job.store(item.index, vector)
             ]
 
-    def _run(self, engine: Engine | None, batch: list[WorkItem]) -> Vectors:
+    def _run(self, engine: Engine | None, batch: list[WorkItem], *, alone: bool) -> Vectors:
         if engine is None:  # never expected: pending work always comes with its engine
             raise EngineFailure(f"The model '{self.name}' had no engine for a pending batch.")
         tokens = TokenBatch([item.job.sequences[item.index] for item in batch])
         if self._observe_batch is not None:
             self._observe_batch(len(tokens), tokens.padded_tokens)
         started = time.perf_counter()
-        vectors = engine.embed(tokens)
+        vectors = engine.embed(tokens, alone=alone)
         if tokens.padded_tokens <= INLINE_MAX_TOKENS:
             self._note_short_batch(time.perf_counter() - started)
         return vectors
