@@ -264,7 +264,9 @@ class ModelWorker:
             self._observe_batch(len(tokens), tokens.padded_tokens)
         started = time.perf_counter()
         vectors = engine.embed(tokens, alone=alone)
-        if tokens.padded_tokens <= INLINE_MAX_TOKENS:
+        # Only batches run alone tell how an inline run would go: one beside another runs on
+        # part of the cores.
+        if alone and tokens.padded_tokens <= INLINE_MAX_TOKENS:
             self._note_short_batch(time.perf_counter() - started)
         return vectors
 
