@@ -1,4 +1,4 @@
-"""OnnxEngine lanes: one per core by default (or per `threads_per_lane`), `lanes` settable,
+"""OnnxEngine lanes: one per 4 cores by default (or per `threads_per_lane`), `lanes` settable,
 GPU runs one lane; a call made alone runs on every core, with the same vectors."""
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ def engine(path: Path, **options: int) -> OnnxEngine:
     return OnnxEngine(path, pooling="mean", normalize_output=True, **options)
 
 
-def test_default_is_one_lane_per_core_and_settable(graph_file: Path) -> None:
-    assert engine(graph_file).lanes == available_cores()
-    assert engine(graph_file, threads=8).lanes == 8
-    assert engine(graph_file, threads=8, threads_per_lane=4).lanes == 2
+def test_default_is_one_lane_per_four_cores_and_settable(graph_file: Path) -> None:
+    assert engine(graph_file).lanes == max(1, available_cores() // 4)
+    assert engine(graph_file, threads=8).lanes == 2
     assert engine(graph_file, lanes=1).lanes == 1
     assert engine(graph_file, lanes=64).lanes == available_cores()
+    assert engine(graph_file, threads_per_lane=1).lanes == available_cores()
 
 
 def session_threads(session: object) -> int:
@@ -48,13 +48,13 @@ def test_lanes_open_their_own_session_when_first_needed_with_the_same_vectors(
     lanes = engine(graph_file, threads=4, lanes=2)
     assert session_threads(lanes._session) == 4  # what calls made alone run on
     alone = lanes.embed(batch, alone=True)
-    assert not lanes._lane_sessions.is_open, "a lone call opens no second session"
+    assert not lanes._lane_session.is_open, "a lone call opens no second session"
     before = lanes.embed(batch)  # beside others: takes turns on the first while it opens
-    opening = lanes._lane_sessions._opening
+    opening = lanes._lane_session._opening
     assert opening is not None
     opening.join(timeout=30)
-    assert lanes._lane_sessions.is_open
-    assert session_threads(lanes._lane_sessions._session) == 2
+    assert lanes._lane_session.is_open
+    assert session_threads(lanes._lane_session._session) == 2
     after = lanes.embed(batch)
     np.testing.assert_allclose(before, alone, atol=1e-6)
     np.testing.assert_allclose(after, alone, atol=1e-6)
@@ -64,7 +64,7 @@ def test_lanes_open_their_own_session_when_first_needed_with_the_same_vectors(
 def test_one_lane_never_opens_a_second_session(graph_file: Path) -> None:
     one = engine(graph_file, threads=4, lanes=1)
     one.embed(TokenBatch([np.arange(1, 6, dtype=np.int64)]))
-    assert one._lane_sessions._opening is None
+    assert one._lane_session._opening is None
 
 
 def test_a_gpu_request_runs_one_lane(graph_file: Path) -> None:

@@ -18,9 +18,10 @@ from ember.pooling import GraphOutputFinish, Pooling
 log = logging.getLogger(__name__)
 
 POOLED_OUTPUT = "sentence_embedding"
-# The default split of cores into lanes (see OnnxEngine): one thread per lane, as whole
-# batches side by side need no barrier between cores after every operator.
-THREADS_PER_LANE = 1
+# The default split of cores into lanes (see OnnxEngine): float graphs one lane per 4 cores,
+# so a 2-core machine holds one session; Ember's int8 graphs one lane per core.
+THREADS_PER_LANE = 4
+INT8_THREADS_PER_LANE = 1
 
 
 def available_cores() -> int:
@@ -39,16 +40,17 @@ class OnnxEngine:
     here as the model's settings say.
 
     A call the scheduler makes `alone` (nothing else running) runs on every core: a lone
-    10-token MiniLM query took 2.6 ms so against 4.2 ms on one of 2 cores. When work piles
-    up, the scheduler runs several calls at once (`lanes`), each on cores/lanes threads, on
-    a second session that the first such call opens in the background (until it is open,
+    10-token MiniLM query took 2.6 ms against 4.2 ms on one of 2 cores. With several lanes,
+    when work piles up the scheduler runs several calls at once, each on cores/lanes threads,
+    on a second session that the first such call opens in the background (until it is open,
     they take turns on the first): whole batches side by side need no barrier between cores
-    after every operator, as ONNX Runtime's intra-op pool does. On MiniLM, 2 cores, two
-    1-thread lanes gave 1.07-1.16x the tokens/s of one 2-thread call while the host was
-    busy (1.25-1.7x with busy processes beside the server), the same on an idle machine;
-    int8 graphs 1.55-1.75x, whose small memory-bound operators gain little from a second
-    thread. The second session is a second copy of the weights (MiniLM: +110 MB); `lanes: 1`
-    never opens it.
+    after every operator, as ONNX Runtime's intra-op pool does. That session is a second copy
+    of the weights. Int8 graphs, whose small memory-bound operators gain little from a second
+    thread, run one lane per core (INT8_THREADS_PER_LANE): two 1-thread lanes 1.55-1.75x
+    fp32's tokens/s on 2 cores. Float graphs keep one lane per 4 cores (one session on 2
+    cores): two 1-thread lanes gave MiniLM 1.04-1.16x the tokens/s of one 2-thread call
+    while the host was busy, the same on an idle one, and the second copy of the weights put
+    the server at 437 MB after the benchmark instead of ~270 (`lanes: 2` opts in).
     """
 
     def __init__(
@@ -67,7 +69,7 @@ class OnnxEngine:
         cores = threads or available_cores()
         self._lanes = lane_count(cores, lanes, threads_per_lane, gpu_layers)
         self._session = _open_session(model_path, cores, gpu_layers)
-        self._lane_sessions = _LaneSession(model_path, max(1, cores // self._lanes), gpu_layers)
+        self._lane_session = _LaneSession(model_path, max(1, cores // self._lanes), gpu_layers)
         self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
         outputs = self._session.get_outputs()
         names = [output.name for output in outputs]
@@ -103,11 +105,11 @@ class OnnxEngine:
         if alone or self._lanes == 1:
             (output,) = self._session.run([self._output_name], feeds)
         else:
-            output = self._lane_sessions.run(self._output_name, feeds, fallback=self._session)
+            output = self._lane_session.run(self._output_name, feeds, fallback=self._session)
         return self._finish(output, attention_mask)
 
     def close(self) -> None:
-        self._lane_sessions.close()
+        self._lane_session.close()
         del self._session
 
 

@@ -42,9 +42,10 @@ class ModelSettings(BaseModel):
         default=None,
         ge=1,
         description=(
-            "ONNX on CPU: batches run at once, each on cores/lanes threads (default: one per "
-            "core); a call with nothing else to run meanwhile takes every core, on a second "
-            "session (a second copy of the weights). 1: one session on all cores."
+            "ONNX on CPU: batches run at once when work piles up, each on cores/lanes "
+            "threads, on a second session (a second copy of the weights); a batch with "
+            "nothing beside it takes every core. Default: one per 4 cores, one per core for "
+            "int8 graphs. More lanes keep throughput when other processes share the cores."
         ),
     )
     runtime: Literal["onnxruntime", "openvino"] = Field(
