@@ -1,4 +1,4 @@
-"""OnnxEngine lanes: one per 4 cores by default (or per `threads_per_lane`), `lanes` settable,
+"""OnnxEngine lanes: one per core by default (or per `threads_per_lane`), `lanes` settable,
 GPU runs one lane; a call made alone runs on every core, with the same vectors."""
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ def engine(path: Path, **options: int) -> OnnxEngine:
     return OnnxEngine(path, pooling="mean", normalize_output=True, **options)
 
 
-def test_default_is_one_lane_per_four_cores_and_settable(graph_file: Path) -> None:
-    assert engine(graph_file).lanes == max(1, available_cores() // 4)
-    assert engine(graph_file, threads=8).lanes == 2
+def test_default_is_one_lane_per_core_and_settable(graph_file: Path) -> None:
+    assert engine(graph_file).lanes == available_cores()
+    assert engine(graph_file, threads=8).lanes == 8
+    assert engine(graph_file, threads=8, threads_per_lane=4).lanes == 2
     assert engine(graph_file, lanes=1).lanes == 1
     assert engine(graph_file, lanes=64).lanes == available_cores()
-    assert engine(graph_file, threads_per_lane=1).lanes == available_cores()
 
 
 def session_threads(session: object) -> int:

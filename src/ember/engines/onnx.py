@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -18,10 +19,9 @@ from ember.pooling import GraphOutputFinish, Pooling
 log = logging.getLogger(__name__)
 
 POOLED_OUTPUT = "sentence_embedding"
-# The default split of cores into lanes (see OnnxEngine): float graphs one lane per 4 cores,
-# so a 2-core machine holds one session; Ember's int8 graphs one lane per core.
-THREADS_PER_LANE = 4
-INT8_THREADS_PER_LANE = 1
+# The default split of cores into lanes (see OnnxEngine): one thread per lane, as whole
+# batches side by side need no barrier between cores after every operator.
+THREADS_PER_LANE = 1
 
 
 def available_cores() -> int:
@@ -44,13 +44,12 @@ class OnnxEngine:
     when work piles up the scheduler runs several calls at once, each on cores/lanes threads,
     on a second session that the first such call opens in the background (until it is open,
     they take turns on the first): whole batches side by side need no barrier between cores
-    after every operator, as ONNX Runtime's intra-op pool does. That session is a second copy
-    of the weights. Int8 graphs, whose small memory-bound operators gain little from a second
-    thread, run one lane per core (INT8_THREADS_PER_LANE): two 1-thread lanes 1.55-1.75x
-    fp32's tokens/s on 2 cores. Float graphs keep one lane per 4 cores (one session on 2
-    cores): two 1-thread lanes gave MiniLM 1.04-1.16x the tokens/s of one 2-thread call
-    while the host was busy, the same on an idle one, and the second copy of the weights put
-    the server at 437 MB after the benchmark instead of ~270 (`lanes: 2` opts in).
+    after every operator, as ONNX Runtime's intra-op pool does. The default is one lane per
+    core. On MiniLM, 2 cores, through the server: 1.23-1.34x the batch tokens/s of one
+    2-thread call in two full benchmark runs on a busy host, one per setting; 1.04-1.16x in
+    paired A/B runs; the same on an idle host in earlier sessions. Int8 graphs, whose small
+    memory-bound operators gain little from a second thread: 1.55-1.75x fp32's. The second
+    session is a second copy of the weights (MiniLM +113 MB); `lanes: 1` never opens it.
     """
 
     def __init__(
@@ -179,13 +178,26 @@ def _open_session(model_path: Path, threads: int, gpu_layers: int) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=_providers(gpu_layers)
         )
     except Exception as exc:  # ORT raises its own untyped errors for bad files
         # ORT quotes the full path; name the file only, never where the data folder is.
         reason = first_line(exc).replace(str(model_path), model_path.name)
         raise ModelLoadFailed(f"cannot load {model_path.name}: {reason}") from exc
+    _return_freed_memory()
+    return session
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc): loading a model parses its whole
+    file and frees it, and glibc keeps most of that in the loading thread's arena. On MiniLM
+    a second session left the process 80 MB larger without this, 0 with it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to do
+        return
+    libc.malloc_trim(0)
 
 
 def graph_feeds(

@@ -65,9 +65,8 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
     if settings.engine == "onnx" and settings.runtime == "openvino":
         return _start_openvino(model_path, settings)
     if settings.engine == "onnx":
-        from ember.engines.onnx import INT8_THREADS_PER_LANE, THREADS_PER_LANE, OnnxEngine
+        from ember.engines.onnx import OnnxEngine
 
-        int8 = settings.quantize == "int8"
         return OnnxEngine(
             model_path,
             pooling=settings.pooling,
@@ -75,7 +74,6 @@ def _start_engine(folder: Path, settings: ModelSettings, *, reloading: bool) -> 
             output_name=settings.onnx_output,
             gpu_layers=settings.ngl,
             lanes=settings.lanes,
-            threads_per_lane=INT8_THREADS_PER_LANE if int8 else THREADS_PER_LANE,
         )
     raise ModelLoadFailed(f"{settings.id}: unknown engine {settings.engine}", settings.id)
 
@@ -85,15 +83,9 @@ def weight_copies(settings: ModelSettings) -> int:
     opens a second session for them when work piles up (see OnnxEngine)."""
     if settings.engine != "onnx" or settings.runtime != "onnxruntime":
         return 1
-    from ember.engines.onnx import (
-        INT8_THREADS_PER_LANE,
-        THREADS_PER_LANE,
-        available_cores,
-        lane_count,
-    )
+    from ember.engines.onnx import available_cores, lane_count
 
-    per_lane = INT8_THREADS_PER_LANE if settings.quantize == "int8" else THREADS_PER_LANE
-    lanes = lane_count(available_cores(), settings.lanes, per_lane, settings.ngl)
+    lanes = lane_count(available_cores(), settings.lanes, gpu_layers=settings.ngl)
     return 2 if lanes > 1 else 1
 
 

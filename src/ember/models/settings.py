@@ -44,8 +44,7 @@ class ModelSettings(BaseModel):
         description=(
             "ONNX on CPU: batches run at once when work piles up, each on cores/lanes "
             "threads, on a second session (a second copy of the weights); a batch with "
-            "nothing beside it takes every core. Default: one per 4 cores, one per core for "
-            "int8 graphs. More lanes keep throughput when other processes share the cores."
+            "nothing beside it takes every core. Default: one per core; 1 keeps one session."
         ),
     )
     runtime: Literal["onnxruntime", "openvino"] = Field(
