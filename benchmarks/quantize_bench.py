@@ -33,6 +33,7 @@ from machine import busy_share
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from ember.engines.onnx import session_options
 from ember.engines.onnx_graphs.quantize import (
     CALIBRATION_TEXTS,
     FIDELITY_TEXTS,
@@ -147,14 +148,10 @@ def generated_sentences(texts: list[str], count: int = 300, seed: int = 1234) ->
 
 def session(graph: onnx.ModelProto, threads: int) -> Any:
     """Options as Ember's OnnxEngine sets them."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
     return ort.InferenceSession(
-        graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        graph.SerializeToString(),
+        sess_options=session_options(threads),
+        providers=["CPUExecutionProvider"],
     )
 
 

@@ -167,8 +167,9 @@ class _LaneSession:
         self._session = None
 
 
-def _open_session(model_path: Path, threads: int, gpu_layers: int) -> Any:
-    """An ONNX Runtime session on `threads` intra-op threads; ModelLoadFailed for bad files."""
+def session_options(threads: int) -> Any:
+    """ONNX Runtime options as Ember runs its graphs: `threads` intra-op threads, one call's
+    operators one after another, every graph optimisation."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -177,9 +178,16 @@ def _open_session(model_path: Path, threads: int, gpu_layers: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    return options
+
+
+def _open_session(model_path: Path, threads: int, gpu_layers: int) -> Any:
+    """An ONNX Runtime session on `threads` intra-op threads; ModelLoadFailed for bad files."""
+    import onnxruntime as ort
+
     try:
         session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=_providers(gpu_layers)
+            str(model_path), sess_options=session_options(threads), providers=_providers(gpu_layers)
         )
     except Exception as exc:  # ORT raises its own untyped errors for bad files
         # ORT quotes the full path; name the file only, never where the data folder is.
