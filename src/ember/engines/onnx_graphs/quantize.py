@@ -34,7 +34,8 @@ to fp32 over fixture, held-out and generated texts; benchmarks/quantize_bench.py
   and the passes around each int8 product are small memory-bound operators that ONNX
   Runtime's pool does not speed up (some ran slower on 2 threads than on 1). Two 1-thread
   engine lanes (OnnxEngine) gave 1.55-1.75x, and the server 1.67-1.69x fp32's tokens/s on
-  passages and sentences (then fp32 ran one 2-thread lane).
+  passages and sentences while fp32 ran one 2-thread lane; with fp32 on 1-thread lanes too,
+  1.40-1.50x through the server and 1.49-1.66x in-process (on a busy host).
 - all-mpnet-base-v2 is harder: at the default target five inputs stay fp32, min cosine 0.9992
   on fixture and held-out text but 0.9979 on ~300 generated texts (all int8 0.9978; the
   previous recipe 0.9972 at its 0.9993 target). Its calibration text does not show the
