@@ -18,7 +18,7 @@ from ember.bulk.writers import has_partial
 from ember.models.loader import LoadedModel, load_model
 from ember.models.registry import ModelRegistry
 from tests.bulk.conftest import FAKE_MODEL
-from tests.support.models import WORDS
+from tests.support.models import WORDS, write_fake_model
 
 ROWS = 50
 
@@ -187,3 +187,19 @@ def test_parquet_run_killed_while_removing_its_parts_resumes_cleanly(
         "out.parquet"
     ]
     assert job.output_path.read_bytes() == expected
+
+
+def test_batches_run_on_the_engines_lanes_with_the_vectors_of_one_lane(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, FAKE_MODEL, fake={"lanes": 2, "delay_seconds": 0.002})
+    one_lane = tmp_path / "one_lane"
+    write_fake_model(one_lane, FAKE_MODEL)
+    outputs = []
+    for folder, name in ((models_dir, "lanes"), (one_lane, "one")):
+        (tmp_path / name).mkdir()
+        write_input(tmp_path / name / "input.txt")
+        job = make_job(tmp_path / name, "npy")
+        summary = run(folder, job)
+        assert summary.rows == ROWS
+        outputs.append(job.output_path.read_bytes())
+    assert outputs[0] == outputs[1]
