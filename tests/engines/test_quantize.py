@@ -115,3 +115,15 @@ def batch(rows: list[list[int]]) -> dict[str, np.ndarray]:
         ids[index, : len(row)] = row
         mask[index, : len(row)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_products_take_their_bias_into_the_outlier_side_product(graphs: Graphs) -> None:
+    """Every BERT product adds a bias; where an int8 product has an fp32 outlier side product,
+    that Gemm adds the bias too, so no separate Add passes over the product's output."""
+    (loop,) = (node for node in graphs.int8.graph.node if node.op_type == "Loop")
+    body = loop.attribute[0].g
+    side_products = [node for node in body.node if node.op_type == "Gemm"]
+    assert side_products
+    assert all(node.input[0].endswith("/side_with_bias") for node in side_products)
+    outputs = {node.output[0] for node in side_products}
+    assert not any(node.op_type == "Add" and set(node.input) & outputs for node in body.node)
