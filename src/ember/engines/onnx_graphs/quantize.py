@@ -466,7 +466,7 @@ def _rewrite(
     initializers = {tensor.name: tensor for tensor in rewritten.graph.initializer}
     for graph in _graphs(rewritten.graph):
         emitter = _Emitter(opset, added, constants)
-        rows: dict[int, tuple[str, str]] = {}
+        rows: dict[int, _QuantizedRows] = {}
         # Bias Adds that int8 products with an outlier side product take in (not in the
         # switched trial graph, whose fp32 products still need them).
         biases = {} if switched else _absorbed_biases(graph, owner, groups, initializers)
@@ -485,12 +485,12 @@ def _rewrite(
             if not switched:
                 add, bias = biases.get(node.name, (None, None))
                 output = node.output[0] if add is None else add.output[0]
-                _int8_product(emitter, group, product, *rows[index], output, bias=bias)
+                _int8_product(emitter, group, product, rows[index], output, bias=bias)
                 continue
             output = node.output[0]
             node.output[0] = f"{output}/fp32"
             emitter.nodes.append(node)
-            int8 = _int8_product(emitter, group, product, *rows[index], f"{output}/int8")
+            int8 = _int8_product(emitter, group, product, rows[index], f"{output}/int8")
             position = emitter.constant(f"int8/group_{index}", np.array(index, dtype=np.int64))
             flag = emitter.op("Gather", [_SWITCH, position], f"{output}/switch")
             emitter.op("Where", [flag, int8, node.output[0]], output)
@@ -535,16 +535,28 @@ def _absorbed_biases(
         if not add.name:  # absorbed Adds are skipped by name
             continue
         bias_name = next((name for name in add.input if name != node.output[0]), "")
-        product = next(p for p in groups[index].products if p.node == node.name)
         if add.op_type != "Add" or len(add.input) != 2 or bias_name not in initializers:
             continue
+        product = next(p for p in groups[index].products if p.node == node.name)
         bias = numpy_helper.to_array(initializers[bias_name])
         if bias.shape == (product.weight.shape[1],) and bias.dtype == np.float32:
             found[node.name] = (add, bias)
     return found
 
 
-def _quantize_rows(emitter: _Emitter, group: _Group) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _QuantizedRows:
+    """A group's input quantised once for all its products: uint8 `codes`, the row `scales`
+    ([..., 1]) and, where the group has outlier side products, the scales as a [rows, 1]
+    column and their inverses, which every side product uses."""
+
+    codes: str
+    scales: str
+    scale_column: str | None = None
+    inverse_column: str | None = None
+
+
+def _quantize_rows(emitter: _Emitter, group: _Group) -> _QuantizedRows:
     """uint8 codes of the group's input on a per-row grid, outlier channels zeroed, and the row
     scales: scale = max(row max / (255 - zero), -row min / zero)."""
     assert group.plan is not None
@@ -587,15 +599,20 @@ def _quantize_rows(emitter: _Emitter, group: _Group) -> tuple[str, str]:
         axis=0,
     )
     shape = emitter.op("Shape", [inner], f"{prefix}/shape")
-    return emitter.op("Reshape", [flat_codes, shape], f"{prefix}/codes"), scales
+    codes = emitter.op("Reshape", [flat_codes, shape], f"{prefix}/codes")
+    if not plan.outliers.size:
+        return _QuantizedRows(codes, scales)
+    column = emitter.constant("int8/rows_of_1", np.array([-1, 1], dtype=np.int64))
+    scale_column = emitter.op("Reshape", [scales, column], f"{prefix}/scale_column")
+    inverse = emitter.op("Reciprocal", [scale_column], f"{prefix}/inverse_column")
+    return _QuantizedRows(codes, scales, scale_column, inverse)
 
 
 def _int8_product(
     emitter: _Emitter,
     group: _Group,
     product: _Product,
-    codes: str,
-    scales: str,
+    rows: _QuantizedRows,
     output: str,
     *,
     bias: FloatArray | None = None,
@@ -607,7 +624,7 @@ def _int8_product(
     assert product.codes is not None
     assert product.column_scales is not None
     inputs = [
-        codes,
+        rows.codes,
         emitter.constant(f"{prefix}/codes", product.codes),
         emitter.scalar("int8/one", 1.0),
         emitter.constant(f"{prefix}/column_scales", product.column_scales),
@@ -618,9 +635,9 @@ def _int8_product(
     unscaled = emitter.op(
         "MatMulIntegerToFloat", inputs, f"{prefix}/unscaled", domain=MICROSOFT_DOMAIN
     )
-    if not plan.outliers.size:
+    if rows.scale_column is None or rows.inverse_column is None:
         assert bias is None
-        return emitter.op("Mul", [unscaled, scales], output)
+        return emitter.op("Mul", [unscaled, rows.scales], output)
     # rows * (int8 result + (outliers / rows) @ W[outliers] + (1 / rows) * bias), on 2-D
     # views: the Gemm adds the int8 result as it writes, and the bias rides in as one more
     # side-product column, so the row scales and the bias cost one pass over the output, not
@@ -634,9 +651,7 @@ def _int8_product(
     )
     rows_of = emitter.constant(f"int8/rows_of_{count}", np.array([-1, count], dtype=np.int64))
     rows_out = emitter.constant(f"int8/rows_of_{width}", np.array([-1, width], dtype=np.int64))
-    column = emitter.constant("int8/rows_of_1", np.array([-1, 1], dtype=np.int64))
-    row_scales = emitter.op("Reshape", [scales, column], f"{prefix}/row_scales")
-    inverse = emitter.op("Reciprocal", [row_scales], f"{prefix}/inverse_scales")
+    inverse = rows.inverse_column
     outlier_rows = emitter.op("Reshape", [picked, rows_of], f"{prefix}/outlier_rows")
     side = emitter.op("Mul", [outlier_rows, inverse], f"{prefix}/outlier_side")
     weight = product.weight[plan.outliers]
@@ -652,7 +667,7 @@ def _int8_product(
         ],
         f"{prefix}/sum_rows",
     )
-    scaled = emitter.op("Mul", [summed, row_scales], f"{prefix}/scaled_rows")
+    scaled = emitter.op("Mul", [summed, rows.scale_column], f"{prefix}/scaled_rows")
     shape = emitter.op("Shape", [unscaled], f"{prefix}/shape")
     return emitter.op("Reshape", [scaled, shape], output)
 
