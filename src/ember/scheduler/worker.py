@@ -148,7 +148,7 @@ class ModelWorker:
                 with self._ready:
                     self._running -= 1
                     self._alone = False
-                    self._ready.notify_all()
+                    self._wake_lanes_for_pending_work()
         return alone
 
     def _may_run_inline(self, sequences: Sequence[TokenIds], lanes: int) -> bool:
@@ -180,7 +180,14 @@ class ModelWorker:
             with self._ready:
                 self._running -= 1
                 self._alone = False
-                self._ready.notify_all()
+                self._wake_lanes_for_pending_work()
+
+    def _wake_lanes_for_pending_work(self) -> None:
+        """Under the lock, after a batch: wake the waiting lanes if work is pending. They wait
+        for pending work only, so waking them for none just makes them contend for the GIL with
+        the thread serving the next request (0.1 ms of a lone query's round trip)."""
+        if self._pool:
+            self._ready.notify_all()
 
     async def close(self) -> None:
         with self._ready:
@@ -239,7 +246,7 @@ class ModelWorker:
                     self._running -= 1
                     if alone:
                         self._alone = False
-                    self._ready.notify_all()
+                    self._wake_lanes_for_pending_work()
             if outcome is None:
                 continue
             try:
