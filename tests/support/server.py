@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from ember.api.app import create_app
+from ember.api.server import uvicorn_config
 from ember.settings import ServerSettings
 
 
@@ -38,9 +39,7 @@ def serve_in_thread(settings: ServerSettings) -> Iterator[RunningServer]:
     """Start uvicorn with `create_app(settings)`; stop it (lifespan included) on exit."""
     port = free_port()
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    config = uvicorn_config(create_app(settings), settings, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

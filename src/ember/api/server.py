@@ -9,8 +9,10 @@ from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from ember.api.app import create_app
+from ember.api.http_protocol import HeadHoldingHttpToolsProtocol
 from ember.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,19 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(settings: ServerSettings, *, log_level: str = "info") -> None:
-    config = uvicorn.Config(
-        create_app(settings),
+def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) -> uvicorn.Config:
+    """How Ember runs under uvicorn; the tests' in-thread servers use it too."""
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        access_log=False,
+        access_log=False,  # ObserveMiddleware writes Ember's own access log
+        http=HeadHoldingHttpToolsProtocol,
+        lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
-    GracefulServer(config).run()
+
+
+def run_server(settings: ServerSettings, *, log_level: str = "info") -> None:
+    GracefulServer(uvicorn_config(create_app(settings), settings, log_level=log_level)).run()

@@ -1,0 +1,72 @@
+"""uvicorn's httptools protocol, sending each response's head and body in one write.
+
+uvicorn writes a response's head as soon as the app starts the response, and the body on its
+own when it follows, in the same event-loop step. On loopback every write is delivered at once:
+the client wakes for a head it cannot use without the body, and the server pays a second send.
+Holding the head until the next write (or the end of the loop step, whichever comes first)
+saves 0.1-0.2 ms of a lone query's ~3 ms round trip on 2 cores (servers alternating).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_RESPONSE_HEAD_START = b"HTTP/1.1 "
+
+
+class HeadHoldingTransport:
+    """Wraps a transport: a write that starts a response is held and joined to the next.
+
+    Bytes always leave in the order written, and a held head is flushed before any other
+    transport call that could end the connection, and at the latest when the loop step ends;
+    the only thing the check on the bytes decides is whether a write waits.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held:
+            data = self._held + bytes(data)
+            self._held = b""
+        elif bytes(data[: len(_RESPONSE_HEAD_START)]) == _RESPONSE_HEAD_START:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._held) + self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol on a HeadHoldingTransport."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        holding = HeadHoldingTransport(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(cast(asyncio.Transport, holding))

@@ -1,0 +1,108 @@
+"""The response head waits for its body, so both leave in one write, and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from ember.api.http_protocol import HeadHoldingTransport
+from ember.settings import ServerSettings
+from tests.support.server import serve_in_thread
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n"
+
+
+class RecordingTransport(asyncio.Transport):
+    """The socket end: what was written, in which calls, and whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def test_head_and_body_leave_in_one_write() -> None:
+    asyncio.run(_test_head_and_body_leave_in_one_write())
+
+
+async def _test_head_and_body_leave_in_one_write() -> None:
+    socket_end = RecordingTransport()
+    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+    transport.write(HEAD)
+    assert socket_end.writes == []
+    assert transport.get_write_buffer_size() == len(HEAD)
+    transport.write(b"body")
+    assert socket_end.writes == [HEAD + b"body"]
+    await asyncio.sleep(0)  # the scheduled flush finds nothing held
+    assert socket_end.writes == [HEAD + b"body"]
+
+
+def test_a_head_alone_leaves_when_the_loop_step_ends() -> None:
+    asyncio.run(_test_a_head_alone_leaves_when_the_loop_step_ends())
+
+
+async def _test_a_head_alone_leaves_when_the_loop_step_ends() -> None:
+    socket_end = RecordingTransport()
+    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    await asyncio.sleep(0)
+    assert socket_end.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+
+
+def test_closing_sends_a_held_head_first() -> None:
+    asyncio.run(_test_closing_sends_a_held_head_first())
+
+
+async def _test_closing_sends_a_held_head_first() -> None:
+    socket_end = RecordingTransport()
+    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+    transport.write(HEAD + b"body")  # a whole response in one write is held too
+    transport.close()
+    assert socket_end.writes == [HEAD + b"body"]
+    assert socket_end.closed
+
+
+def test_other_bytes_pass_straight_through_in_order() -> None:
+    asyncio.run(_test_other_bytes_pass_straight_through_in_order())
+
+
+async def _test_other_bytes_pass_straight_through_in_order() -> None:
+    socket_end = RecordingTransport()
+    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+    transport.write(b"chunk 1")
+    transport.writelines([b"chunk ", b"2"])
+    assert socket_end.writes == [b"chunk 1", b"chunk 2"]
+    assert transport.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+def test_pipelined_requests_get_whole_responses_in_order(tmp_path: Path) -> None:
+    """Two requests in one packet: two complete responses come back, in order."""
+    with serve_in_thread(ServerSettings(home=tmp_path)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            request = f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            connection.sendall(request + request.replace(b"/health", b"/v1/models"))
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < 2 or not received.endswith(b"}"):
+                chunk = connection.recv(65536)
+                assert chunk, f"connection closed early after {received!r}"
+                received += chunk
+    first, second = received.split(b"HTTP/1.1 200 OK")[1:]
+    assert b'"status"' in first
+    assert b'"object":"list"' in second
