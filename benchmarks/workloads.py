@@ -15,6 +15,7 @@ from typing import Literal
 from tokenizers import Tokenizer
 
 Kind = Literal["query", "batch", "concurrent"]
+QueryClient = Literal["stdlib", "httpx"]
 
 # Common English words; those the tokenizer splits are dropped at start-up.
 _WORD_LIST = """
@@ -51,6 +52,8 @@ class Workload:
     texts: tuple[str, ...]
     tokens: tuple[int, ...]
     group: str = ""  # workloads compared with each other are measured in the same rounds
+    # The HTTP client that sends a query workload's requests (see systems.HttpSystem.queries).
+    client: QueryClient = "stdlib"
 
     @property
     def total_tokens(self) -> int:
@@ -81,13 +84,15 @@ class TextMaker:
     def count(self, texts: list[str]) -> list[int]:
         return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(texts)]
 
-    def workload(self, name: str, title: str, kind: Kind, lengths: list[int]) -> Workload:
+    def workload(
+        self, name: str, title: str, kind: Kind, lengths: list[int], group: str = ""
+    ) -> Workload:
         texts = [self.text(length) for length in lengths]
         counted = self.count(texts)
         wrong = [(want, got) for want, got in zip(lengths, counted, strict=True) if want != got]
         if wrong:
             raise ValueError(f"{name}: texts miss their sizes (wanted, got): {wrong[:3]}")
-        return Workload(name, title, kind, tuple(texts), tuple(counted))
+        return Workload(name, title, kind, tuple(texts), tuple(counted), group)
 
     def jittered(self, count: int, low: int, high: int) -> list[int]:
         return [self._random.randint(low, high) for _ in range(count)]
@@ -114,8 +119,12 @@ def build_workloads(tokenizer_path: Path) -> list[Workload]:
         "sentences", "256 sentences ~16 tok", "batch", maker.jittered(256, 14, 18)
     )
     texts64, tokens64 = sentences.texts[:64], sentences.tokens[:64]
+    # One query, sent by two clients in the same rounds: the standard library's, which costs
+    # the least of those a user might pick, and httpx (what the openai package runs on).
+    query = maker.workload("query", "1 query, 10 tok", "query", [10], group="query")
     return [
-        maker.workload("query", "1 query, 10 tok", "query", [10]),
+        query,
+        replace(query, name="query_httpx", title="1 query, 10 tok, httpx", client="httpx"),
         sentences,
         maker.workload("passages", "64 passages ~128 tok", "batch", maker.jittered(64, 120, 136)),
         maker.workload("mixed", "128 texts, 5-250 tok", "batch", mixed_lengths),
