@@ -127,3 +127,14 @@ def test_products_take_their_bias_into_the_outlier_side_product(graphs: Graphs) 
     assert all(node.input[0].endswith("/side_with_bias") for node in side_products)
     outputs = {node.output[0] for node in side_products}
     assert not any(node.op_type == "Add" and set(node.input) & outputs for node in body.node)
+
+
+def test_the_int8_file_keeps_no_unused_weights(graphs: Graphs) -> None:
+    """The fp32 weights of int8 products and the biases their side products took in are gone
+    (ONNX Runtime would warn about each at every load, and they would only take up space)."""
+    used = {name for node in graphs.int8.graph.node for name in node.input}
+    (loop,) = (node for node in graphs.int8.graph.node if node.op_type == "Loop")
+    used |= {name for node in loop.attribute[0].g.node for name in node.input}
+    names = [tensor.name for tensor in graphs.int8.graph.initializer]
+    assert [name for name in names if name not in used] == []
+    assert any(name.endswith("output.dense.bias") for name in names), "fp32 products keep theirs"

@@ -499,15 +499,20 @@ def _rewrite(
     if switched:
         switch = helper.make_tensor_value_info(_SWITCH, TensorProto.BOOL, [len(groups)])
         rewritten.graph.input.append(switch)
-    else:
-        replaced = {product.weight_name for group in groups for product in group.products}
-        kept = [t for t in rewritten.graph.initializer if t.name not in replaced]
-        del rewritten.graph.initializer[:]
-        rewritten.graph.initializer.extend(kept)
     rewritten.graph.initializer.extend(added)
+    if not switched:  # the fp32 weights replaced, the biases taken into side products
+        _drop_unused_initializers(rewritten)
     if not any(o.domain == MICROSOFT_DOMAIN for o in rewritten.opset_import):
         rewritten.opset_import.append(helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     return rewritten
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for graph in _graphs(model.graph) for node in graph.node for name in node.input}
+    used |= {output.name for output in model.graph.output}
+    kept = [tensor for tensor in model.graph.initializer if tensor.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
 
 
 def _absorbed_biases(
