@@ -119,7 +119,10 @@ def target_rows(
     value = (query.p50_seconds - engine.p50_seconds) * 1000 if query and engine else None
     rows.append(
         _row(
-            "1 query: p50 <= engine p50 + 1 ms", value, f"+{value or 0:.2f} ms", (value or 0) <= 1.0
+            "1 query (http.client): p50 <= engine p50 + 1 ms",
+            value,
+            f"+{value or 0:.2f} ms",
+            (value or 0) <= 1.0,
         )
     )
     rows.append(_int8_row(results, extras))
