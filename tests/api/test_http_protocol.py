@@ -53,6 +53,19 @@ async def _test_head_and_body_leave_in_one_write() -> None:
     assert socket_end.writes == [HEAD + b"body"]
 
 
+def test_a_large_body_follows_its_head_uncopied() -> None:
+    asyncio.run(_test_a_large_body_follows_its_head_uncopied())
+
+
+async def _test_a_large_body_follows_its_head_uncopied() -> None:
+    socket_end = RecordingTransport()
+    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+    body = b"x" * (1 << 20)
+    transport.write(HEAD)
+    transport.write(body)
+    assert socket_end.writes == [HEAD, body]
+
+
 def test_a_head_alone_leaves_when_the_loop_step_ends() -> None:
     asyncio.run(_test_a_head_alone_leaves_when_the_loop_step_ends())
 

@@ -15,6 +15,9 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _RESPONSE_HEAD_START = b"HTTP/1.1 "
+# Bodies up to this size are joined to their head; a larger one's own send costs little beside
+# it, and joining would copy it (a 2048-input response is megabytes).
+_JOINED_AT_MOST = 64 * 1024
 
 
 class HeadHoldingTransport:
@@ -32,8 +35,11 @@ class HeadHoldingTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._held:
-            data = self._held + bytes(data)
-            self._held = b""
+            held, self._held = self._held, b""
+            if len(data) <= _JOINED_AT_MOST:
+                self._transport.write(held + bytes(data))
+                return
+            self._transport.write(held)  # a large body is not copied to save one send
         elif bytes(data[: len(_RESPONSE_HEAD_START)]) == _RESPONSE_HEAD_START:
             self._held = bytes(data)
             self._loop.call_soon(self.flush)
