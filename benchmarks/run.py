@@ -108,7 +108,11 @@ def ensure_openvino(home: Path, model_folder: Path) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     for item in model_folder.iterdir():
         link = folder / item.name
-        if item.name != "model.json" and not link.exists():
+        if item.name == "model.json" or link.exists():
+            continue
+        if item.name.endswith(".data"):  # OpenVINO refuses external data linked from outside
+            os.link(item, link)
+        else:
             link.symlink_to(item)
     settings = json.loads((model_folder / "model.json").read_text(encoding="utf-8"))
     settings.update(id=OPENVINO_MODEL, runtime="openvino")

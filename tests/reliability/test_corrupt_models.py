@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ember.models.graph_files import graph_files
 from ember.settings import ServerSettings
 from tests.reliability.expect import assert_error
 from tests.support.models import write_fake_model
@@ -30,7 +31,8 @@ def copy_real_model(source: Path, target: Path, model_id: str) -> Path:
     settings.update(id=model_id, aliases=[])
     (target / "model.json").write_text(json.dumps(settings), encoding="utf-8")
     shutil.copyfile(source / "tokenizer.json", target / "tokenizer.json")
-    os.symlink(source / "model.onnx", target / "model.onnx")
+    for weights in graph_files(source / "model.onnx"):  # the graph and its mapped tables
+        os.symlink(weights, target / weights.name)
     return target
 
 

@@ -14,6 +14,7 @@ from ember.api.state import AppState
 from ember.cache import EmbeddingCache, model_fingerprint
 from ember.engines.base import Engine, TokenIds, Vectors
 from ember.errors import RequestTimedOut
+from ember.models.graph_files import graph_files
 from ember.models.loader import LoadedModel
 
 
@@ -31,7 +32,7 @@ class Fingerprints:
         known = self._known.get(model.settings.id)
         if known is not None and known[0] is model:
             return known[1]
-        weights = model.folder / model.settings.model_file
+        weights = graph_files(model.folder / model.settings.model_file)
         settings_json = model.settings.model_dump_json()
         fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
         self._known[model.settings.id] = (model, fingerprint)

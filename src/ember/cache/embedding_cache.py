@@ -18,12 +18,13 @@ from ember.cache.memory import MemoryCache
 from ember.engines.base import TokenIds, Vectors
 
 
-def model_fingerprint(weights: Path, settings_json: str) -> bytes:
-    """sha256 over the weights file and the settings that shape the vectors."""
+def model_fingerprint(weights: Sequence[Path], settings_json: str) -> bytes:
+    """sha256 over the weights files and the settings that shape the vectors."""
     digest = hashlib.sha256()
-    with weights.open("rb") as stream:
-        while chunk := stream.read(1 << 22):
-            digest.update(chunk)
+    for path in weights:
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 22):
+                digest.update(chunk)
     digest.update(settings_json.encode())
     return digest.digest()
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ember.errors import InvalidModelSettings
+from ember.models.graph_files import save_graph
 from ember.models.settings import ModelSettings, parse_settings, write_settings
 from ember.pooling import Pooling
 
@@ -60,7 +61,7 @@ def register_hf_folder(
     weights = _load_weights(folder)
     build = architecture.build
     graph = build(config, weights, pooling=settings.pooling, normalize=settings.normalize)
-    _save_graph(graph, folder / GRAPH_FILE)
+    save_graph(graph, folder / GRAPH_FILE)
     if settings.quantize == "int8":
         if architecture.int8_build_options:  # built otherwise for int8: same vectors
             graph = build(
@@ -88,7 +89,7 @@ def _add_int8_graph(folder: Path, graph: Any, settings: ModelSettings) -> ModelS
     tokenizer = TextTokenizer(folder / "tokenizer.json", settings.ctx_len)
     int8 = quantize_int8(graph, tokenizer.encode_truncated(CALIBRATION_TEXTS))
     fidelity = measure_fidelity(graph, int8, tokenizer.encode_truncated(FIDELITY_TEXTS))
-    _save_graph(int8, folder / INT8_GRAPH_FILE)
+    save_graph(int8, folder / INT8_GRAPH_FILE)
     log.info("%s: int8 min cosine %.5f to fp32", settings.id, fidelity.min_cosine)
     return settings.model_copy(
         update={"model_file": INT8_GRAPH_FILE, "int8_min_cosine": round(fidelity.min_cosine, 5)}
@@ -191,15 +192,6 @@ def _load_weights(folder: Path) -> dict[str, np.ndarray]:
     for path in sorted(folder.glob("*.safetensors")):
         weights.update(load_file(str(path)))
     return weights
-
-
-def _save_graph(graph: Any, path: Path) -> None:
-    """Save next to the final name, then rename: a crash never leaves half a graph."""
-    import onnx
-
-    temp = path.with_name(f".{path.name}.tmp")
-    onnx.save_model(graph, str(temp))
-    temp.replace(path)
 
 
 def _read_json(path: Path) -> Any:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.errors import EmberError, InvalidModelSettings, ModelLoadFailed, ModelNotFound
+from ember.models.graph_files import table_files
 from ember.models.loader import LoadedModel, load_model, weight_copies
 from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
 
@@ -40,12 +41,14 @@ class RegisteredModel:
     @property
     def memory_estimate(self) -> int:
         """Bytes the loaded model may hold: its weights file, as runtimes map it, once per
-        copy its engine may keep (see weight_copies)."""
+        copy its engine may keep (see weight_copies), and its lookup tables once (mapped
+        from their file, shared by the copies)."""
         if self.settings is None:
             return 0
         weights = self.folder / self.settings.model_file
         size = weights.stat().st_size if weights.is_file() else 0
-        return size * weight_copies(self.settings)
+        tables = sum(path.stat().st_size for path in table_files(weights))
+        return size * weight_copies(self.settings) + tables
 
 
 class ModelRegistry:

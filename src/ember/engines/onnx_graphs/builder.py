@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,3 +315,12 @@ def _checked_float32(name: str, array: npt.NDArray[Any], shape: tuple[int, ...])
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"tensor {name!r} has dtype {array.dtype}, expected floating point")
     return np.asarray(array, dtype=np.float32)
+
+
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph (Loop and If bodies) inside it."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from all_graphs(attribute.g)

@@ -14,8 +14,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ember.engines.onnx_graphs.builder import MICROSOFT_DOMAIN
-from ember.engines.onnx_graphs.int8_plan import MIN_SCALE, InputGroup, Product, all_graphs
+from ember.engines.onnx_graphs.builder import MICROSOFT_DOMAIN, all_graphs
+from ember.engines.onnx_graphs.int8_plan import MIN_SCALE, InputGroup, Product
 from ember.engines.onnx_graphs.int8_runs import FloatArray
 
 SWITCH = "int8_switch"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ember.engines.onnx_graphs.builder import all_graphs
 from ember.engines.onnx_graphs.int8_runs import (
     FloatArray,
     IndexArray,
@@ -91,15 +92,6 @@ def find_groups(model: onnx.ModelProto) -> list[InputGroup]:
         InputGroup(name, int(products[0].weight.shape[0]), tuple(products), name in normalized)
         for name, products in found.items()
     ]
-
-
-def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and every subgraph (Loop and If bodies) inside it."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from all_graphs(attribute.g)
 
 
 def calibrate(
