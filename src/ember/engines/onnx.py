@@ -49,7 +49,8 @@ class OnnxEngine:
     2-thread call in two full benchmark runs on a busy host, one per setting; 1.04-1.16x in
     paired A/B runs; the same on an idle host in earlier sessions. Int8 graphs, whose small
     memory-bound operators gain little from a second thread: 1.55-1.75x fp32's. The second
-    session is a second copy of the weights (MiniLM +113 MB); `lanes: 1` never opens it.
+    session is a second copy of the weights (MiniLM +91 MB; its token table is mapped, and
+    shared); `lanes: 1` never opens it.
     """
 
     def __init__(

@@ -5,7 +5,7 @@ Opt-in per model (model.json `"runtime": "openvino"`), not the default. On all-M
 called directly in paired runs: 1.12x ONNX Runtime's tokens/s on 4 passages of 128 tokens,
 1.19x on 32 sentences of 16, 1.02x on one 10-token query. Ember's BERT graphs now use ONNX
 Runtime's fused Attention, and through the server OpenVINO gave 0.96-1.09x on them (1.03-1.12x
-for 64 concurrent clients). It holds more memory (428 MB instead of 266 after the benchmark), and
+for 64 concurrent clients). It holds more memory (430 MB instead of 279 after the benchmark), and
 each new batch shape's first call takes 15-30 ms longer while it prepares kernels for it. Its
 vectors equal ONNX Runtime's (min cosine 1.0000).
 
