@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import onnx
@@ -10,7 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ember.atomic_write import write_atomically
 from ember.cache import model_fingerprint
+from ember.models import graph_files as graph_files_module
 from ember.models.graph_files import TABLE_MIN_BYTES, graph_files, save_graph, table_files
 from ember.models.loader import weight_copies
 from ember.models.registry import ModelRegistry
@@ -85,10 +89,12 @@ def test_a_failed_rebuild_leaves_the_previous_graph_whole(
     path = tmp_path / "model.onnx"
     save_graph(table_graph(a_table(1)), path)
 
-    def disk_full(*_args: object, **_kwargs: object) -> None:
-        raise OSError("No space left on device")
+    def disk_full_at_the_graph(target: Path, write: Callable[[IO[bytes]], object]) -> None:
+        if target == path:  # the fault: after the new data file is written
+            raise OSError("No space left on device")
+        write_atomically(target, write)
 
-    monkeypatch.setattr(onnx, "save_model", disk_full)  # the fault: after the data file
+    monkeypatch.setattr(graph_files_module, "write_atomically", disk_full_at_the_graph)
     with pytest.raises(OSError, match="No space left"):
         save_graph(table_graph(a_table(2)), path)
     monkeypatch.undo()

@@ -36,7 +36,7 @@ def test_a_crash_while_saving_keeps_the_previous_file(
         def refuse(*_args: Any) -> None:
             raise OSError("power cut")
 
-        monkeypatch.setattr("ember.models.settings.os.replace", refuse)
+        monkeypatch.setattr("ember.atomic_write.os.replace", refuse)
     with pytest.raises(OSError, match=r"disk full|power cut"):
         write_settings(folder, settings_of(folder, ctx_len=99))
     monkeypatch.undo()

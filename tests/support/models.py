@@ -9,8 +9,8 @@ from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from ember.atomic_write import write_json_atomically
 from ember.models.manage import pull_and_register
-from ember.models.settings import write_json_atomically
 
 WORDS = [
     "the",

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ember.atomic_write import write_json_atomically
 from ember.bulk.errors import CheckpointBroken, CheckpointMismatch
 from ember.bulk.writers import WriterState
-from ember.models.settings import ModelSettings, write_json_atomically
+from ember.models.settings import ModelSettings
 
 CHECKPOINT_VERSION = 1
 _HEAD_BYTES = 1 << 20

@@ -10,12 +10,13 @@ page cache and only the pages read are resident. MiniLM, one session: 116 -> 92 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
-from collections.abc import Callable, Iterator
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ember.atomic_write import write_atomically
 
 if TYPE_CHECKING:  # onnx is imported only when a graph is written: not on a server's start
     import onnx
@@ -33,17 +34,24 @@ def save_graph(graph: onnx.ModelProto, path: Path) -> None:
 
     Atomic: the data file is content-named and written first, the graph renamed into place
     last, and only then are older data files removed; a crash leaves the previous graph whole.
-    `graph` itself is left as it was.
+    `graph` itself is left as it was (the int8 variant is quantised from it).
     """
     import onnx
 
-    tables = _lookup_tables(graph)
-    data, placed = _table_bytes(tables)
-    data_name = f"{path.name}.{hashlib.sha256(data).hexdigest()[:16]}.data" if tables else None
-    if data_name is not None and not (path.parent / data_name).is_file():
-        _write_atomically(path.parent / data_name, lambda temp: temp.write_bytes(data))
-    with _external(tables, placed, data_name):
-        _write_atomically(path, lambda temp: onnx.save_model(graph, str(temp)))
+    names = _lookup_tables(graph)
+    written = graph
+    data_name = None
+    if names:
+        written = onnx.ModelProto()
+        written.CopyFrom(graph)
+        tables = [t for t in written.graph.initializer if t.name in names]
+        data, placed = _table_bytes(tables)
+        data_name = f"{path.name}.{hashlib.sha256(data).hexdigest()[:16]}.data"
+        if not (path.parent / data_name).is_file():
+            write_atomically(path.parent / data_name, lambda stream: stream.write(data))
+        for tensor, (offset, length) in zip(tables, placed, strict=True):
+            _point_at(tensor, data_name, offset, length)
+    write_atomically(path, lambda stream: stream.write(written.SerializeToString()))
     for stale in table_files(path):
         if stale.name != data_name:
             stale.unlink(missing_ok=True)
@@ -59,8 +67,9 @@ def graph_files(path: Path) -> list[Path]:
     return [path, *table_files(path)]
 
 
-def _lookup_tables(graph: onnx.ModelProto) -> list[TensorProto]:
-    from onnx import TensorProto
+def _lookup_tables(graph: onnx.ModelProto) -> set[str]:
+    """Names of the initializers large enough to map that only Gather reads, as its table."""
+    from onnx import TensorProto, helper
 
     from ember.engines.onnx_graphs.builder import all_graphs
 
@@ -69,71 +78,43 @@ def _lookup_tables(graph: onnx.ModelProto) -> list[TensorProto]:
         for node in subgraph.node:
             for position, name in enumerate(node.input):
                 readers.setdefault(name, set()).add((node.op_type, position))
-    return [
-        tensor
+    return {
+        tensor.name
         for tensor in graph.graph.initializer
         if tensor.data_location != TensorProto.EXTERNAL
         and readers.get(tensor.name) == {("Gather", 0)}
-        and _byte_size(tensor) >= TABLE_MIN_BYTES
-    ]
-
-
-def _byte_size(tensor: TensorProto) -> int:
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    return len(_raw(tensor))
+        and math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        >= TABLE_MIN_BYTES
+    }
 
 
 def _table_bytes(tables: list[TensorProto]) -> tuple[bytes, list[tuple[int, int]]]:
     """The data file's bytes, and each table's offset and length in it."""
+    from onnx import numpy_helper
+
     data = bytearray()
     placed = []
     for tensor in tables:
-        raw = tensor.raw_data if tensor.HasField("raw_data") else _raw(tensor)
+        # little-endian, as ONNX stores it
+        raw = (
+            tensor.raw_data
+            if tensor.HasField("raw_data")
+            else numpy_helper.to_array(tensor).tobytes()
+        )
         data.extend(bytes(-len(data) % _ALIGNMENT))
         placed.append((len(data), len(raw)))
         data.extend(raw)
     return bytes(data), placed
 
 
-def _raw(tensor: TensorProto) -> bytes:
-    from onnx import numpy_helper
-
-    return numpy_helper.to_array(tensor).tobytes()  # little-endian, as ONNX stores it
-
-
-@contextlib.contextmanager
-def _external(
-    tables: list[TensorProto], placed: list[tuple[int, int]], data_name: str | None
-) -> Iterator[None]:
-    """The tables pointed at the data file while the graph is saved, inline again after."""
-    import onnx
+def _point_at(tensor: TensorProto, data_name: str, offset: int, length: int) -> None:
+    """Make `tensor` read its values from the data file instead of holding them."""
     from onnx import TensorProto
 
-    kept = [onnx.TensorProto() for _ in tables]
-    for tensor, copy in zip(tables, kept, strict=True):
-        copy.CopyFrom(tensor)
-    try:
-        for tensor, (offset, length) in zip(tables, placed, strict=True):
-            assert data_name is not None
-            tensor.ClearField("raw_data")
-            for field in ("float_data", "int32_data", "int64_data", "double_data"):
-                tensor.ClearField(field)
-            tensor.data_location = TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            for key, value in (("location", data_name), ("offset", offset), ("length", length)):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, str(value)
-        yield
-    finally:
-        for tensor, copy in zip(tables, kept, strict=True):
-            tensor.CopyFrom(copy)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(temp)
-        temp.replace(path)
-    finally:
-        temp.unlink(missing_ok=True)
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+        tensor.ClearField(field)
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", data_name), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ember.atomic_write import write_json_atomically
 from ember.errors import InvalidModelSettings
 from ember.pooling import Pooling
 
@@ -135,32 +134,3 @@ def parse_settings(raw: Any, name: str) -> ModelSettings:
 def write_settings(folder: Path, settings: ModelSettings) -> None:
     """Write `model.json` atomically so a crash never leaves a half-written file."""
     write_json_atomically(folder / SETTINGS_FILE, settings.model_dump(mode="json"))
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    """Write JSON to a temp file beside `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes it private; settings are not secret
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename durable too: until the folder is synced, a power cut can undo it."""
-    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open a folder; its renames are durable
-        return
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
