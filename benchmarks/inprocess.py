@@ -8,14 +8,13 @@ run on the engine's lanes at once, a lone one `alone` on every core, as the sche
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from systems import Burst, Memory, Vector
 from workloads import Workload
 
-from ember.engines.base import TokenBatch, TokenIds
+from ember.engines.base import TokenBatch, TokenIds, embed_on_lanes
 from ember.engines.onnx import OnnxEngine
 from ember.models.settings import read_settings
 from ember.models.tokenizer import TextTokenizer
@@ -35,7 +34,6 @@ class EngineSystem:
             normalize_output=settings.normalize,
         )
         self._tokens: dict[str, list[TokenIds]] = {}
-        self._lanes = ThreadPoolExecutor(self._engine.lanes)
 
     def _ids(self, workload: Workload) -> list[TokenIds]:
         if workload.name not in self._tokens:
@@ -57,10 +55,7 @@ class EngineSystem:
     def batch(self, workload: Workload) -> float:
         plan = self._plan(self._ids(workload))
         started = time.perf_counter()
-        if len(plan) == 1:
-            self._engine.embed(plan[0], alone=True)
-        else:
-            list(self._lanes.map(self._engine.embed, plan))
+        list(embed_on_lanes(self._engine, plan))
         return time.perf_counter() - started
 
     def queries(self, workload: Workload, count: int) -> list[float]:
@@ -83,5 +78,4 @@ class EngineSystem:
         return None  # shares this process with the benchmark itself
 
     def close(self) -> None:
-        self._lanes.shutdown()
         self._engine.close()

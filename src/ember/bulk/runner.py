@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -40,7 +39,7 @@ from ember.bulk.writers import (
     has_partial,
     open_writer,
 )
-from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
+from ember.engines.base import TokenBatch, TokenIds, embed_on_lanes
 from ember.errors import DimensionsNotSupported, ModelNotEmbedding
 from ember.models.loader import LoadedModel
 from ember.models.prompts import prompt_for
@@ -253,7 +252,8 @@ def _embed_chunk(
     native = np.zeros((len(rows), model.settings.dimensions), dtype=np.float32)
     lengths = [len(sequence) for sequence in sequences]
     batches = token_batches(lengths, options.batch_tokens)
-    results = _embed_batches(model.engine, sequences, batches)
+    engine_batches = [TokenBatch([sequences[number] for number in batch]) for batch in batches]
+    results = embed_on_lanes(model.engine, engine_batches)
     for batch, vectors in zip(batches, results, strict=True):
         native[positions[batch]] = vectors
         if progress is not None:
@@ -274,22 +274,6 @@ def _embed_chunk(
         truncated=truncated,
         empty=len(rows) - len(positions),
     )
-
-
-def _embed_batches(
-    engine: Engine, sequences: list[TokenIds], batches: list[npt.NDArray[np.intp]]
-) -> Iterator[Vectors]:
-    """Each batch's vectors, in order: on the engine's lanes at once, as the server runs them
-    (a lone batch alone, on every core)."""
-
-    def embed(batch: npt.NDArray[np.intp], *, alone: bool = False) -> Vectors:
-        return engine.embed(TokenBatch([sequences[number] for number in batch]), alone=alone)
-
-    if engine.lanes == 1 or len(batches) == 1:
-        yield from (embed(batch, alone=True) for batch in batches)
-        return
-    with ThreadPoolExecutor(engine.lanes) as lanes:
-        yield from lanes.map(embed, batches)
 
 
 def _tokenised(

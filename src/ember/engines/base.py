@@ -3,7 +3,8 @@ needs of a tokenizer, which engines that tokenise themselves (GGUF) provide."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,3 +85,14 @@ class ModelTokenizer(Protocol):
     def truncate_ids(self, ids: TokenIds) -> TokenIds: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def embed_on_lanes(engine: Engine, batches: Sequence[TokenBatch]) -> Iterator[Vectors]:
+    """Each batch's vectors, in order, for a caller holding all its batches at once: several
+    on the engine's lanes side by side, a lone one `alone` on every core, as the server's
+    scheduler runs them."""
+    if engine.lanes == 1 or len(batches) == 1:
+        yield from (engine.embed(batch, alone=True) for batch in batches)
+        return
+    with ThreadPoolExecutor(engine.lanes) as lanes:
+        yield from lanes.map(engine.embed, batches)
