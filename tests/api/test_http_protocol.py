@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from ember.api.http_protocol import HeadHoldingTransport
 from ember.settings import ServerSettings
@@ -37,67 +40,71 @@ class RecordingTransport(asyncio.Transport):
         return ("127.0.0.1", 1) if name == "peername" else default
 
 
-def test_head_and_body_leave_in_one_write() -> None:
-    asyncio.run(_test_head_and_body_leave_in_one_write())
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
-async def _test_head_and_body_leave_in_one_write() -> None:
-    socket_end = RecordingTransport()
-    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+@pytest.fixture
+def socket_end() -> RecordingTransport:
+    return RecordingTransport()
+
+
+@pytest.fixture
+def transport(
+    socket_end: RecordingTransport, loop: asyncio.AbstractEventLoop
+) -> HeadHoldingTransport:
+    return HeadHoldingTransport(socket_end, loop)
+
+
+def end_the_loop_step(loop: asyncio.AbstractEventLoop) -> None:
+    """Run what the transport scheduled with call_soon, as the end of a loop step would."""
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_head_and_body_leave_in_one_write(
+    socket_end: RecordingTransport, transport: HeadHoldingTransport, loop: asyncio.AbstractEventLoop
+) -> None:
     transport.write(HEAD)
     assert socket_end.writes == []
     assert transport.get_write_buffer_size() == len(HEAD)
     transport.write(b"body")
     assert socket_end.writes == [HEAD + b"body"]
-    await asyncio.sleep(0)  # the scheduled flush finds nothing held
+    end_the_loop_step(loop)  # the scheduled flush finds nothing held
     assert socket_end.writes == [HEAD + b"body"]
 
 
-def test_a_large_body_follows_its_head_uncopied() -> None:
-    asyncio.run(_test_a_large_body_follows_its_head_uncopied())
-
-
-async def _test_a_large_body_follows_its_head_uncopied() -> None:
-    socket_end = RecordingTransport()
-    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+def test_a_large_body_follows_its_head_uncopied(
+    socket_end: RecordingTransport, transport: HeadHoldingTransport
+) -> None:
     body = b"x" * (1 << 20)
     transport.write(HEAD)
     transport.write(body)
     assert socket_end.writes == [HEAD, body]
 
 
-def test_a_head_alone_leaves_when_the_loop_step_ends() -> None:
-    asyncio.run(_test_a_head_alone_leaves_when_the_loop_step_ends())
-
-
-async def _test_a_head_alone_leaves_when_the_loop_step_ends() -> None:
-    socket_end = RecordingTransport()
-    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+def test_a_head_alone_leaves_when_the_loop_step_ends(
+    socket_end: RecordingTransport, transport: HeadHoldingTransport, loop: asyncio.AbstractEventLoop
+) -> None:
     transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    await asyncio.sleep(0)
+    end_the_loop_step(loop)
     assert socket_end.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
 
 
-def test_closing_sends_a_held_head_first() -> None:
-    asyncio.run(_test_closing_sends_a_held_head_first())
-
-
-async def _test_closing_sends_a_held_head_first() -> None:
-    socket_end = RecordingTransport()
-    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+def test_closing_sends_a_held_head_first(
+    socket_end: RecordingTransport, transport: HeadHoldingTransport
+) -> None:
     transport.write(HEAD + b"body")  # a whole response in one write is held too
     transport.close()
     assert socket_end.writes == [HEAD + b"body"]
     assert socket_end.closed
 
 
-def test_other_bytes_pass_straight_through_in_order() -> None:
-    asyncio.run(_test_other_bytes_pass_straight_through_in_order())
-
-
-async def _test_other_bytes_pass_straight_through_in_order() -> None:
-    socket_end = RecordingTransport()
-    transport = HeadHoldingTransport(socket_end, asyncio.get_running_loop())
+def test_other_bytes_pass_straight_through_in_order(
+    socket_end: RecordingTransport, transport: HeadHoldingTransport
+) -> None:
     transport.write(b"chunk 1")
     transport.writelines([b"chunk ", b"2"])
     assert socket_end.writes == [b"chunk 1", b"chunk 2"]
