@@ -81,8 +81,8 @@ class Results:
         latencies = [latency for result in rounds for latency in result.latencies]
         cpu = [result.client_cpu_seconds for result in rounds if result.client_cpu_seconds]
         return Summary(
-            tokens_per_second=median([result.tokens / result.seconds for result in rounds]),
-            texts_per_second=median([result.texts / result.seconds for result in rounds]),
+            tokens_per_second=median([tokens_per_second(result) for result in rounds]),
+            texts_per_second=median([texts_per_second(result) for result in rounds]),
             p50_seconds=percentile(latencies, 0.5),
             p99_seconds=percentile(latencies, 0.99),
             rounds=len(rounds),
@@ -92,6 +92,36 @@ class Results:
 
     def peak_for(self, workload: str, fallback: float) -> float:
         return self.peaks.get(workload, fallback)
+
+    def paired(
+        self,
+        first: tuple[str, str],
+        second: tuple[str, str],
+        compare: Callable[[Round, Round], float],
+    ) -> float | None:
+        """Median over rounds of `compare(first's round, second's round)`, each a (workload,
+        system) whose i-th rounds ran back to back in one alternation; None if either is missing.
+
+        The host's speed drifts by up to 1.5x over minutes, so a comparison of two medians taken
+        over the whole run can pair one system's fast minutes with another's slow ones; a round
+        pair shares its minute.
+        """
+        rounds = [self.rounds.get(workload, {}).get(system) for workload, system in (first, second)]
+        if not rounds[0] or not rounds[1]:
+            return None
+        return median([compare(a, b) for a, b in zip(rounds[0], rounds[1], strict=False)])
+
+
+def tokens_per_second(result: Round) -> float:
+    return result.tokens / result.seconds
+
+
+def texts_per_second(result: Round) -> float:
+    return result.texts / result.seconds
+
+
+def p50_seconds(result: Round) -> float:
+    return median(result.latencies)
 
 
 def one_round(system: System, workload: Workload, plan: Plan) -> Round | None:

@@ -1,8 +1,8 @@
 """The printed report: one Markdown table of workloads, one of start-up and memory, the targets.
 
 Ratios are Ember's advantage over a peer measured in the same run: tokens/s over tokens/s for
-throughput workloads, the peer's p50 over Ember's p50 for the one-query workload. Above 1.0x
-Ember is faster.
+throughput workloads, the peer's p50 over Ember's p50 for the one-query workload, taken round
+by round and the median kept (Results.paired). Above 1.0x Ember is faster.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from cost import EncoderShape
 from measure import Results
 from stats import median
-from targets import EMBER, EMBER_INT8, MB, PEERS, Extras, ratio, target_rows
+from targets import EMBER, EMBER_INT8, MB, PEERS, Extras, advantage, target_rows
 from workloads import Workload
 
 
@@ -44,7 +44,6 @@ def workload_rows(
     rows = []
     for workload in workloads:
         flops_per_token = shape.flops(workload.tokens) / workload.total_tokens
-        ember = results.summary(workload.name, EMBER)
         first = True
         for system in results.rounds.get(workload.name, {}):
             summary = results.summary(workload.name, system)
@@ -52,8 +51,7 @@ def workload_rows(
             ratios = ["", ""]
             if system == EMBER:
                 ratios = [
-                    _times(ratio(ember, results.summary(workload.name, peer), workload.kind))
-                    for peer in PEERS
+                    _times(advantage(results, workload.name, peer, workload.kind)) for peer in PEERS
                 ]
             share = (
                 summary.tokens_per_second * flops_per_token / results.peak_for(workload.name, peak)

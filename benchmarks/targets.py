@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cost import EncoderShape
-from measure import Results, Summary
+from measure import Results, Summary, p50_seconds, texts_per_second, tokens_per_second
 from stats import median
 from systems import Memory
 from workloads import Workload
@@ -37,13 +37,20 @@ class Extras:
         return max(self.peak_flops)
 
 
-def ratio(ember: Summary | None, peer: Summary | None, kind: str) -> float | None:
-    """Ember's advantage: p50 over p50 for a single query, tokens/s over tokens/s otherwise."""
-    if ember is None or peer is None:
-        return None
+def advantage(results: Results, workload: str, peer: str, kind: str) -> float | None:
+    """Ember's advantage over `peer`, round by round (see Results.paired): tokens/s over
+    tokens/s, or for a single query the peer's p50 over Ember's."""
     if kind == "query":
-        return peer.p50_seconds / ember.p50_seconds
-    return ember.tokens_per_second / peer.tokens_per_second
+        return results.paired(
+            (workload, peer),
+            (workload, EMBER),
+            lambda theirs, ours: p50_seconds(theirs) / p50_seconds(ours),
+        )
+    return results.paired(
+        (workload, EMBER),
+        (workload, peer),
+        lambda ours, theirs: tokens_per_second(ours) / tokens_per_second(theirs),
+    )
 
 
 # Shares print with one decimal: one just under its target must not print as the target.
@@ -61,7 +68,7 @@ def target_rows(
 
     rows = []
     for workload in ("sentences", "passages", "mixed"):
-        value = ratio(ember(workload), ember(workload, ST), "batch")
+        value = advantage(results, workload, ST, "batch")
         rows.append(
             _row(
                 f"{workload}: >= 1.6x sentence-transformers",
@@ -71,7 +78,7 @@ def target_rows(
             )
         )
     for workload, floor in (("passages", 3.0), ("sentences", 4.0)):
-        value = ratio(ember(workload), ember(workload, LLAMA), "batch")
+        value = advantage(results, workload, LLAMA, "batch")
         rows.append(
             _row(
                 f"{workload}: >= {floor:.0f}x llama.cpp server",
@@ -95,8 +102,11 @@ def target_rows(
             rows.append([name, f"{share:.0%}: peak disturbed", "n/a"])
         else:
             rows.append(_row(name, share, f"{share or 0:.1%}", (share or 0) >= 0.8))
-    mixed, control = ember("mixed"), ember("mixed_control")
-    value = mixed.tokens_per_second / control.tokens_per_second if mixed and control else None
+    value = results.paired(
+        ("mixed", EMBER),
+        ("mixed_control", EMBER),
+        lambda mixed, control: tokens_per_second(mixed) / tokens_per_second(control),
+    )
     rows.append(
         _row(
             "mixed lengths: >= 90% of same-length tokens/s",
@@ -105,8 +115,11 @@ def target_rows(
             (value or 0) >= 0.9,
         )
     )
-    burst, single = ember("concurrent64"), ember("single64")
-    value = burst.texts_per_second / single.texts_per_second if burst and single else None
+    value = results.paired(
+        ("concurrent64", EMBER),
+        ("single64", EMBER),
+        lambda burst, single: texts_per_second(burst) / texts_per_second(single),
+    )
     rows.append(
         _row(
             "64 clients: >= 70% of one 64-text request",
@@ -115,8 +128,11 @@ def target_rows(
             (value or 0) >= 0.7,
         )
     )
-    query, engine = ember("query"), ember("query", ENGINE)
-    value = (query.p50_seconds - engine.p50_seconds) * 1000 if query and engine else None
+    value = results.paired(
+        ("query", EMBER),
+        ("query", ENGINE),
+        lambda server, engine: (p50_seconds(server) - p50_seconds(engine)) * 1000,
+    )
     rows.append(
         _row(
             "1 query (http.client): p50 <= engine p50 + 1 ms",
@@ -140,7 +156,11 @@ def target_rows(
 def _int8_row(results: Results, extras: Extras) -> list[str]:
     """The int8 variant's speed-up: the smaller of its sentences and passages ratios."""
     ratios = [
-        ratio(results.summary(workload, EMBER_INT8), results.summary(workload, EMBER), "batch")
+        results.paired(
+            (workload, EMBER_INT8),
+            (workload, EMBER),
+            lambda int8, fp32: tokens_per_second(int8) / tokens_per_second(fp32),
+        )
         for workload in ("sentences", "passages")
     ]
     name = "int8: >= 1.6x fp32 at min cosine >= 0.999"
