@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +54,17 @@ def advantage(results: Results, workload: str, peer: str, kind: str) -> float | 
     )
 
 
+def _down(value: float | None, places: int) -> float:
+    """`value` cut (not rounded) to `places` decimals: 1.5996x must not print as 1.60x beside
+    a NO for a 1.6x floor."""
+    return math.floor((value or 0) * 10.0**places + 1e-9) / 10.0**places
+
+
+def _up(value: float | None, places: int) -> float:
+    """`value` raised to `places` decimals, for a ceiling: +1.004 ms prints +1.01."""
+    return math.ceil((value or 0) * 10.0**places - 1e-9) / 10.0**places
+
+
 # Shares print with one decimal: one just under its target must not print as the target.
 def _row(name: str, value: float | None, shown: str, met: bool) -> list[str]:
     if value is None:
@@ -73,7 +85,7 @@ def target_rows(
             _row(
                 f"{workload}: >= 1.6x sentence-transformers",
                 value,
-                f"{value or 0:.2f}x",
+                f"{_down(value, 2):.2f}x",
                 (value or 0) >= 1.6,
             )
         )
@@ -83,7 +95,7 @@ def target_rows(
             _row(
                 f"{workload}: >= {floor:.0f}x llama.cpp server",
                 value,
-                f"{value or 0:.2f}x",
+                f"{_down(value, 2):.2f}x",
                 (value or 0) >= floor,
             )
         )
@@ -101,7 +113,7 @@ def target_rows(
         if share is not None and share > 1.0:  # the peak run was slowed by other processes
             rows.append([name, f"{share:.0%}: peak disturbed", "n/a"])
         else:
-            rows.append(_row(name, share, f"{share or 0:.1%}", (share or 0) >= 0.8))
+            rows.append(_row(name, share, f"{_down(share, 3):.1%}", (share or 0) >= 0.8))
     value = results.paired(
         ("mixed", EMBER),
         ("mixed_control", EMBER),
@@ -111,7 +123,7 @@ def target_rows(
         _row(
             "mixed lengths: >= 90% of same-length tokens/s",
             value,
-            f"{value or 0:.1%}",
+            f"{_down(value, 3):.1%}",
             (value or 0) >= 0.9,
         )
     )
@@ -124,7 +136,7 @@ def target_rows(
         _row(
             "64 clients: >= 70% of one 64-text request",
             value,
-            f"{value or 0:.1%}",
+            f"{_down(value, 3):.1%}",
             (value or 0) >= 0.7,
         )
     )
@@ -137,7 +149,7 @@ def target_rows(
         _row(
             "1 query (http.client): p50 <= engine p50 + 1 ms",
             value,
-            f"+{value or 0:.2f} ms",
+            f"+{_up(value, 2):.2f} ms",
             (value or 0) <= 1.0,
         )
     )
@@ -168,5 +180,5 @@ def _int8_row(results: Results, extras: Extras) -> list[str]:
         return _row(name, None, "", False)
     value = min(r for r in ratios if r is not None)
     cosine = extras.int8_min_cosine
-    shown = f"{value:.2f}x, min cosine {cosine:.5f}"
+    shown = f"{_down(value, 2):.2f}x, min cosine {_down(cosine, 5):.5f}"
     return _row(name, value, shown, value >= 1.6 and cosine >= 0.999)
