@@ -116,6 +116,11 @@ def tokens_per_second(result: Round) -> float:
     return result.tokens / result.seconds
 
 
+def tokens_ratio(first: Round, second: Round) -> float:
+    """How many times `first`'s tokens/s `second`'s is."""
+    return tokens_per_second(first) / tokens_per_second(second)
+
+
 def texts_per_second(result: Round) -> float:
     return result.texts / result.seconds
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cost import EncoderShape
-from measure import Results, Summary, p50_seconds, texts_per_second, tokens_per_second
+from measure import Results, Summary, p50_seconds, texts_per_second, tokens_ratio
 from stats import median
 from systems import Memory
 from workloads import Workload
@@ -47,11 +47,7 @@ def advantage(results: Results, workload: str, peer: str, kind: str) -> float | 
             (workload, EMBER),
             lambda theirs, ours: p50_seconds(theirs) / p50_seconds(ours),
         )
-    return results.paired(
-        (workload, EMBER),
-        (workload, peer),
-        lambda ours, theirs: tokens_per_second(ours) / tokens_per_second(theirs),
-    )
+    return results.paired((workload, EMBER), (workload, peer), tokens_ratio)
 
 
 def _down(value: float | None, places: int) -> float:
@@ -114,11 +110,7 @@ def target_rows(
             rows.append([name, f"{share:.0%}: peak disturbed", "n/a"])
         else:
             rows.append(_row(name, share, f"{_down(share, 3):.1%}", (share or 0) >= 0.8))
-    value = results.paired(
-        ("mixed", EMBER),
-        ("mixed_control", EMBER),
-        lambda mixed, control: tokens_per_second(mixed) / tokens_per_second(control),
-    )
+    value = results.paired(("mixed", EMBER), ("mixed_control", EMBER), tokens_ratio)
     rows.append(
         _row(
             "mixed lengths: >= 90% of same-length tokens/s",
@@ -168,11 +160,7 @@ def target_rows(
 def _int8_row(results: Results, extras: Extras) -> list[str]:
     """The int8 variant's speed-up: the smaller of its sentences and passages ratios."""
     ratios = [
-        results.paired(
-            (workload, EMBER_INT8),
-            (workload, EMBER),
-            lambda int8, fp32: tokens_per_second(int8) / tokens_per_second(fp32),
-        )
+        results.paired((workload, EMBER_INT8), (workload, EMBER), tokens_ratio)
         for workload in ("sentences", "passages")
     ]
     name = "int8: >= 1.6x fp32 at min cosine >= 0.999"
