@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cost import EncoderShape
-from measure import Results, Summary, p50_seconds, texts_per_second, tokens_ratio
+from measure import Results, p50_seconds, texts_per_second, tokens_ratio
 from stats import median
 from systems import Memory
 from workloads import Workload
@@ -61,7 +61,6 @@ def _up(value: float | None, places: int) -> float:
     return math.ceil((value or 0) * 10.0**places - 1e-9) / 10.0**places
 
 
-# Shares print with one decimal: one just under its target must not print as the target.
 def _row(name: str, value: float | None, shown: str, met: bool) -> list[str]:
     if value is None:
         return [name, "not measured", "n/a"]
@@ -71,9 +70,6 @@ def _row(name: str, value: float | None, shown: str, met: bool) -> list[str]:
 def target_rows(
     results: Results, extras: Extras, shape: EncoderShape, workloads: Sequence[Workload]
 ) -> list[list[str]]:
-    def ember(workload: str, system: str = EMBER) -> Summary | None:
-        return results.summary(workload, system)
-
     rows = []
     for workload in ("sentences", "passages", "mixed"):
         value = advantage(results, workload, ST, "batch")
@@ -97,7 +93,7 @@ def target_rows(
         )
     by_name = {workload.name: workload for workload in workloads}
     for system, label in ((EMBER, "passages"), (EMBER_OPENVINO, "passages, OpenVINO (opt-in)")):
-        passages = ember("passages", system)
+        passages = results.summary("passages", system)
         if passages is None and system != EMBER:
             continue
         share = None
