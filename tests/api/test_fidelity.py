@@ -85,6 +85,19 @@ def test_model_token_ids_give_the_same_vectors_as_text(http: httpx.Client) -> No
         assert response.json()["usage"]["prompt_tokens"] == 11
 
 
+def test_bare_model_ids_that_also_read_as_cl100k_are_the_models(http: httpx.Client) -> None:
+    sentence = "What is the capital of France?"
+    # The model's ids, unwrapped; read as cl100k they decode to "boxoin.lengthreactNode
+    # provml", which cl100k encodes back to the same ids.
+    ids = [2054, 2003, 1996, 3007, 1997, 2605, 1029]
+    expected = http.post("/v1/embeddings", json={"model": MODEL, "input": sentence}).json()
+    response = http.post("/v1/embeddings", json={"model": MODEL, "input": [ids, ids[:4]]})
+    assert response.status_code == 200
+    assert "x-ember-token-ids" not in response.headers
+    vector = response.json()["data"][0]["embedding"]
+    assert cosines([vector], [expected["data"][0]["embedding"]])[0] > 0.99999
+
+
 def test_ids_beyond_the_model_vocabulary_are_read_as_cl100k(http: httpx.Client) -> None:
     cl100k_ids = [791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679]  # the same sentence
     by_ids = http.post("/v1/embeddings", json={"model": MODEL, "input": [cl100k_ids]})

@@ -7,10 +7,15 @@ tokenizer. In `auto` mode the ids tell which they are:
 
 1. an id beyond the model's vocabulary: cl100k;
 2. arrays wrapped in the model's own special tokens ([CLS] … [SEP]): the model's;
-3. every array survives a cl100k decode/encode round trip: cl100k (what tiktoken emits
-   always does; the model's ids, read as cl100k, rarely do beyond a couple of tokens);
-4. otherwise: the model's.
-Send the model's special tokens, or set `token_ids: model`, to make model ids unambiguous.
+3. every array survives a decode/encode round trip through the model's tokenizer, and one
+   is longer than 3 ids: the model's. The model's own ids always survive it; cl100k ids
+   read as the model's did only up to 3 ids long (MiniLM, 137 texts in its vocabulary).
+   A cl100k round trip alone cannot tell: half of MiniLM's bare ids survive it too;
+4. every array survives a cl100k decode/encode round trip: cl100k (what tiktoken emits
+   always does);
+5. otherwise: the model's.
+Send the model's special tokens, or set `token_ids: model`, to make short model ids
+unambiguous.
 """
 
 from __future__ import annotations
@@ -57,15 +62,37 @@ class Cl100k:
                     f"and {CL100K} (0 to {limit - 1}).",
                     param="input",
                 )
-        return [str(text) for text in encoding.decode_batch([list(ids) for ids in arrays])]
+        try:
+            return [str(text) for text in encoding.decode_batch([list(ids) for ids in arrays])]
+        except KeyError:  # an id inside the range that names no token (e.g. 100256)
+            index, bad = self._undefined(arrays)
+            raise InvalidRequest(
+                f"Input {index} has token id {bad}, which is neither in the model's vocabulary "
+                f"nor a token of {CL100K}.",
+                param="input",
+            ) from None
 
     def round_trips(self, arrays: Sequence[Sequence[int]]) -> bool:
         encoding = self.encoding()
         if any(token >= encoding.n_vocab or token < 0 for ids in arrays for token in ids):
             return False
-        texts = encoding.decode_batch([list(ids) for ids in arrays])
+        try:
+            texts = encoding.decode_batch([list(ids) for ids in arrays])
+        except KeyError:  # an unused id: not what tiktoken emits
+            return False
         encoded = encoding.encode_batch(texts, allowed_special=set())
         return all(list(again) == list(ids) for again, ids in zip(encoded, arrays, strict=True))
+
+    def _undefined(self, arrays: Sequence[Sequence[int]]) -> tuple[int, int]:
+        """The first (input, id) that cl100k has no token for."""
+        encoding = self.encoding()
+        for index, ids in enumerate(arrays):
+            for token in ids:
+                try:
+                    encoding.decode([token])
+                except KeyError:
+                    return index, token
+        raise AssertionError("decode failed, yet every id decodes alone")
 
 
 def is_cl100k(
@@ -78,4 +105,22 @@ def is_cl100k(
         return True
     if all(tokenizer.is_wrapped(ids) for ids in arrays):
         return False
+    if _model_round_trips(arrays, tokenizer):
+        return False
     return cl100k.round_trips(arrays)
+
+
+# cl100k arrays up to this long may pass for the model's own ids (rule 3 above).
+_AMBIGUOUS_LENGTH = 3
+
+
+def _model_round_trips(arrays: Sequence[Sequence[int]], tokenizer: ModelTokenizer) -> bool:
+    """Whether every array is what the model's tokenizer makes of its own decoded text
+    (bare or wrapped), and one is too long to be cl100k ids passing for the model's."""
+    if max(len(ids) for ids in arrays) <= _AMBIGUOUS_LENGTH:
+        return False
+    encoded = tokenizer.encode([tokenizer.decode(ids) for ids in arrays])
+    return all(
+        list(again) in (list(ids), list(tokenizer.wrap(ids)))
+        for again, ids in zip(encoded, arrays, strict=True)
+    )
