@@ -52,6 +52,10 @@ def test_unknown_model_lists_the_available_ones(http: httpx.Client) -> None:
         ({"model": MODEL, "input": "x", "dimensions": 128}, "dimensions"),
         ({"model": MODEL, "input": [-1]}, "input"),
         ({"model": MODEL, "input": [10**9]}, "input"),
+        ({"model": MODEL, "input": [100256]}, "input"),  # unused in cl100k: no token
+        ({"model": MODEL, "input": [[40, 1093], [100261, 13]]}, "input"),
+        ({"model": MODEL, "input": "x", "truncate": "yes"}, "truncate"),
+        ({"model": MODEL, "input": "x", "truncate": 1}, "truncate"),
         ({"model": MODEL, "input": "x", "input_type": "poem"}, "input_type"),
     ],
 )

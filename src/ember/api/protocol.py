@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 TokenArray = Annotated[list[StrictInt], Field(min_length=1)]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenArray | list[TokenArray]
@@ -27,7 +27,7 @@ class EmbeddingRequest(BaseModel):
         default=None, ge=1, description="Shorten vectors to this many values (Matryoshka models)."
     )
     user: StrictStr | None = Field(default=None, description="Accepted and ignored.")
-    truncate: bool = Field(
+    truncate: StrictBool = Field(
         default=False, description="Ember extension: cut over-long inputs instead of refusing."
     )
     input_type: StrictStr | None = Field(
