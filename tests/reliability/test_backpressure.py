@@ -152,6 +152,25 @@ def test_work_of_a_client_that_hung_up_is_never_computed(models_dir: Path) -> No
         assert metric(server.base_url, COMPUTED) == 2
 
 
+def test_a_client_that_hangs_up_while_sending_is_no_server_error(server: RunningServer) -> None:
+    body = b'{"model": "fast", "input": "hello world"}'
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        time.sleep(0.2)
+    served = 'ember_requests_total{route="/v1/embeddings",status="499"}'
+    wait_for(lambda: metric(server.base_url, served) == 1)
+    assert metric(server.base_url, 'ember_requests_total{route="/v1/embeddings",status="500"}') == 0
+    after = httpx.post(
+        f"{server.base_url}/v1/embeddings", json={"model": "fast", "input": "dog"}, timeout=30
+    )
+    assert after.status_code == 200
+
+
 def test_timed_out_request_gets_503_and_its_work_is_dropped(models_dir: Path) -> None:
     timeout = STUCK / 2
     with serve(models_dir, request_timeout=timeout) as server:

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.api.auth import require_api_key
@@ -64,7 +65,10 @@ async def health() -> dict[str, str]:
 async def create_embeddings(request: Request) -> Response:
     """Creates an embedding vector for each input, in input order."""
     state = app_state(request)
-    body = await _parse_body(request, state)
+    try:
+        body = await _parse_body(request, state)
+    except ClientDisconnect:  # hung up while sending: as gone as during the compute below
+        return Response(status_code=499)
     entry = state.registry.find(body.model)
     if entry.settings is not None and not entry.settings.embedding:
         raise ModelNotEmbedding("Model does not support embeddings", entry.model_id)
