@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import httpx
 
+from ember.models.loader import LoadedModel, load_model
+from ember.models.registry import ModelRegistry
+from ember.models.settings import ModelSettings
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
@@ -54,3 +58,25 @@ def test_memory_budget_unloads_the_least_recently_used(tmp_path: Path) -> None:
         cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
         assert cards["first"]["memory_bytes"] == 2**20
         assert cards["second"]["memory_bytes"] == 0
+
+
+def test_memory_budget_holds_when_models_load_at_the_same_moment(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    for model_id in ("first", "second", "third"):
+        folder = write_fake_model(models_dir, model_id, model_file="weights.bin")
+        (folder / "weights.bin").write_bytes(b"\0" * 2**20)
+
+    def slow_loader(folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:
+        time.sleep(0.3)  # long enough for all three requests to be loading at once
+        return load_model(folder, settings, reloading=reloading)
+
+    registry = ModelRegistry(models_dir, slow_loader, memory_budget=2 * 2**20)
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(registry.acquire(name) for name in ("first", "second", "third")))
+
+    asyncio.run(all_at_once())
+    held = [entry.model_id for entry in registry.models() if entry.loaded is not None]
+    assert len(held) == 2, held
+    assert "first" not in held  # the least recently used made room
+    registry.close()

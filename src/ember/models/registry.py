@@ -7,6 +7,7 @@ memory budget forces the least recently used one out to make room for another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -67,6 +68,9 @@ class ModelRegistry:
         self._loader: Loader = loader or _default_loader
         self._models: dict[str, RegisteredModel] = {}
         self._names: dict[str, str] = {}
+        # With a budget, models load one at a time: room is made for a model when its load
+        # starts, so two loads at once would each count only the models already loaded.
+        self._budgeted_load = asyncio.Lock()
         self.rescan()
 
     def rescan(self) -> None:
@@ -119,15 +123,19 @@ class ModelRegistry:
             previous, entry.loaded = entry.loaded, None
             if previous is not None:
                 previous.engine.close()
-            self._make_room_for(entry)
-            try:
-                entry.loaded = await asyncio.to_thread(self._loader, entry.folder, settings, reload)
-            except EmberError as exc:
-                entry.problem = exc.message
-                raise
-            except (OSError, ValueError, RuntimeError) as exc:  # a runtime choking on a file
-                entry.problem = f"{settings.id}: cannot load: {exc}"
-                raise ModelLoadFailed(entry.problem, settings.id) from exc
+            budgeted = self._budgeted_load if self.memory_budget is not None else None
+            async with budgeted or contextlib.nullcontext():
+                self._make_room_for(entry)
+                try:
+                    entry.loaded = await asyncio.to_thread(
+                        self._loader, entry.folder, settings, reload
+                    )
+                except EmberError as exc:
+                    entry.problem = exc.message
+                    raise
+                except (OSError, ValueError, RuntimeError) as exc:  # a runtime choking on a file
+                    entry.problem = f"{settings.id}: cannot load: {exc}"
+                    raise ModelLoadFailed(entry.problem, settings.id) from exc
             entry.problem = None
             log.info("loaded %s in %.2f s", settings.id, entry.loaded.load_seconds)
             if self.on_load is not None:
