@@ -51,6 +51,7 @@ def test_unknown_model_lists_the_available_ones(http: httpx.Client) -> None:
         ({"model": MODEL, "input": "x", "dimensions": "64"}, "dimensions"),
         ({"model": MODEL, "input": "x", "dimensions": 128}, "dimensions"),
         ({"model": MODEL, "input": [-1]}, "input"),
+        ({"model": MODEL, "input": [2054, 2003, 1996, -1]}, "input"),
         ({"model": MODEL, "input": [10**9]}, "input"),
         ({"model": MODEL, "input": [100256]}, "input"),  # unused in cl100k: no token
         ({"model": MODEL, "input": [[40, 1093], [100261, 13]]}, "input"),

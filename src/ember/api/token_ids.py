@@ -119,6 +119,8 @@ def _model_round_trips(arrays: Sequence[Sequence[int]], tokenizer: ModelTokenize
     (bare or wrapped), and one is too long to be cl100k ids passing for the model's."""
     if max(len(ids) for ids in arrays) <= _AMBIGUOUS_LENGTH:
         return False
+    if any(token < 0 for ids in arrays for token in ids):  # refused later, with its index
+        return False
     encoded = tokenizer.encode([tokenizer.decode(ids) for ids in arrays])
     return all(
         list(again) in (list(ids), list(tokenizer.wrap(ids)))
