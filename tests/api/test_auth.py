@@ -50,6 +50,9 @@ def test_health_needs_no_key(server: RunningServer) -> None:
     response = httpx.get(f"{server.base_url}/health")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+    head = httpx.head(f"{server.base_url}/health")
+    assert head.status_code == 200
+    assert head.content == b""
 
 
 def test_openai_client_with_wrong_key_raises_authentication_error(server: RunningServer) -> None:

@@ -50,6 +50,10 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# HEAD too, as some health checkers send; one documented operation.
+public.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+
 @protected.post(
     EMBEDDINGS_PATH,
     response_model=CreateEmbeddingResponse,
