@@ -222,3 +222,43 @@ def test_changed_input_refuses_to_resume_with_a_clear_message(
     assert restarted.exit_code == 0, restarted.output
     assert not checkpoint.exists()
     assert len(output.read_text().splitlines()) == 30
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_ids_past_int64_come_out_digit_for_digit(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, output_format: OutputFormat
+) -> None:
+    source = tmp_path / "input.jsonl"
+    source.write_text(
+        '{"text": "a", "id": 99999999999999999999}\n{"text": "b", "id": 18446744073709551615}\n'
+    )
+    output = tmp_path / f"v.{output_format}"
+    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir",
+                    fake_models_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    if output_format == "jsonl":
+        ids = [record["id"] for record in read_jsonl(output)]
+    else:
+        ids = pq.read_table(output).column("id").to_pylist()
+    assert ids == ["99999999999999999999", "18446744073709551615"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("input.csv", b"id,text\n1,\xff\xfe\n", "input.csv line 2: not UTF-8"),
+        ("input.csv", b"id,te\xffxt\n1,a\n", "input.csv line 1: not UTF-8"),
+        ("input.parquet", b"PAR1garbage", "input.parquet is not a readable Parquet file"),
+    ],
+    ids=["csv-record", "csv-header", "parquet"],
+)
+def test_unreadable_input_is_an_error_line_not_a_traceback(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, name: str, content: bytes, message: str
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(content)
+    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", tmp_path / "v.jsonl",
+                    "--models-dir", fake_models_dir)  # fmt: skip
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert f"Error: {message}" in result.output

@@ -87,6 +87,22 @@ def test_jsonl_bad_rows_name_their_line(tmp_path: Path, line: str, problem: str)
         list(open_reader(path, "jsonl", "text").rows())
 
 
+def test_jsonl_ids_keep_every_digit(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    ids = ["99999999999999999999", "18446744073709551615", "-9223372036854775809", "1.50", "7"]
+    path.write_text("".join(f'{{"text": "t", "id": {row_id}}}\n' for row_id in ids))
+    found = [row.id for row in open_reader(path, "jsonl", "text").rows()]
+    assert found == [*ids[:4], 7]
+
+
+def test_jsonl_float_id_nested_too_deeply_to_read_again_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    deep = "[" * 1020 + "]" * 1020  # within orjson's limit, past the standard library's
+    path.write_text('{"text": "t", "id": 1}\n{"text": "t", "id": 1.5, "x": ' + deep + "}\n")
+    with pytest.raises(InputUnreadable, match=r"input\.jsonl line 2: nested too deeply"):
+        list(open_reader(path, "jsonl", "text").rows())
+
+
 def test_csv_rows_follow_the_header_and_allow_quoted_newlines(tmp_path: Path) -> None:
     path = tmp_path / "input.csv"
     path.write_text('id,text,other\n1,plain,x\n\n2,"two\nlines, one field",y\n3,,z\n4\n')
@@ -109,6 +125,22 @@ def test_csv_without_the_column_lists_the_header(tmp_path: Path) -> None:
         open_reader(path, "csv", "text")
 
 
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (b"id,te\xffxt\n1,a\n", 1),
+        (b"id,text\n1,\xff\xfe\n", 2),
+        (b"id,text\n" + b"1,fine\n" * 5000 + b"2,caf\xe9\n", 5002),  # past the first block
+    ],
+    ids=["header", "record", "far-record"],
+)
+def test_csv_that_is_not_utf8_names_the_line(tmp_path: Path, content: bytes, line: int) -> None:
+    path = tmp_path / "input.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputUnreadable, match=rf"input\.csv line {line}: not UTF-8"):
+        list(open_reader(path, "csv", "text").rows())
+
+
 def test_parquet_rows_resume_across_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "input.parquet"
     table = pa.table(
@@ -129,6 +161,25 @@ def test_parquet_column_must_hold_strings(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": [1, 2]}), path)
     with pytest.raises(InputUnreadable, match="holds int64, not strings"):
         open_reader(path, "parquet", "text")
+
+
+def test_parquet_that_is_not_parquet_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "input.parquet"
+    path.write_bytes(b"PAR1garbage")
+    with pytest.raises(InputUnreadable, match=r"input\.parquet is not a readable Parquet file"):
+        open_reader(path, "parquet", "text")
+
+
+def test_parquet_with_damaged_pages_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "input.parquet"
+    texts = [f"row {number} " * 5 for number in range(1000)]
+    pq.write_table(pa.table({"text": texts}), path, compression="snappy")
+    content = bytearray(path.read_bytes())
+    content[2000:2500] = b"\xff" * 500  # inside the data page; the footer stays readable
+    path.write_bytes(content)
+    reader = open_reader(path, "parquet", "text")
+    with pytest.raises(InputUnreadable, match=r"input\.parquet is not a readable Parquet file"):
+        list(reader.rows())
 
 
 def test_formats_follow_suffixes() -> None:

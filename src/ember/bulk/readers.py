@@ -7,11 +7,14 @@ A row is what gets a row index, and so a place in the output:
 - Parquet: every row.
 A row with no text (blank line, empty or null value) keeps its place and gets no vector.
 Each reader counts its rows by the same rule it reads them, so the count is exact.
+Ids keep their value exactly: strings and int64 integers as they are, a bigger integer or a
+JSON float as its exact text (integer ids are written as int64, and a float can lose digits).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from ember.bulk.formats import InputFormat, require_pyarrow
 RowId = str | int | None
 
 _BLOCK = 1 << 20
+_INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
@@ -90,19 +94,32 @@ class JsonLinesReader:
         self.path = path
         self.column = column
         first = next(self._records(), None)
-        self.has_ids = first is not None and "id" in first[1]
-        if first is not None and column not in first[1]:
-            raise _no_column(column, first[1], f"line {first[0]}")
+        self.has_ids = first is not None and "id" in first[2]
+        if first is not None and column not in first[2]:
+            raise _no_column(column, first[2], f"line {first[0]}")
 
     def count(self) -> int:
         return sum(1 for _ in self._lines())
 
     def rows(self, skip: int = 0) -> Iterator[Row]:
-        for number, record in islice(self._records(), skip, None):
+        for number, raw, record in islice(self._records(), skip, None):
             if self.column not in record:
                 raise _no_column(self.column, record, f"line {number}")
             text = _text_value(record[self.column], f"line {number}")
-            yield Row(text, _id_value(record.get("id")) if self.has_ids else None)
+            yield Row(text, self._id(number, raw, record) if self.has_ids else None)
+
+    def _id(self, number: int, raw: bytes, record: dict[str, Any]) -> RowId:
+        """The id as written. orjson reads integers past 64 bits, and every float, inexactly;
+        only such lines are parsed again, by the standard library, which keeps them exact."""
+        value = record.get("id")
+        if isinstance(value, float):
+            try:
+                value = json.loads(raw, parse_float=str).get("id")
+            except RecursionError as exc:  # orjson allows 1024 levels, the standard library fewer
+                raise InputUnreadable(
+                    f"{self.path.name} line {number}: nested too deeply to read the id exactly"
+                ) from exc
+        return _id_value(value)
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         with self.path.open("rb") as stream:
@@ -110,7 +127,7 @@ class JsonLinesReader:
                 if raw.strip():
                     yield number, raw
 
-    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _records(self) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
         for number, raw in self._lines():
             try:
                 record = orjson.loads(raw)
@@ -118,7 +135,7 @@ class JsonLinesReader:
                 raise InputUnreadable(f"{self.path.name} line {number}: not JSON ({exc})") from exc
             if not isinstance(record, dict):
                 raise InputUnreadable(f"{self.path.name} line {number}: not a JSON object")
-            yield number, record
+            yield number, raw, record
 
 
 class CsvReader:
@@ -130,8 +147,7 @@ class CsvReader:
         # The csv module's default field limit (128 KiB) would reject long documents;
         # the limit is process-wide, which is fine for a command-line run.
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        with self._open() as stream:
-            header = next(csv.reader(stream), None)
+        header = next(self._table(), None)
         if header is None:
             raise InputUnreadable(f"{path.name} is empty: a CSV input needs a header row")
         if column not in header:
@@ -155,16 +171,18 @@ class CsvReader:
         return self.path.open(newline="", encoding="utf-8-sig")
 
     def _records(self) -> Iterator[list[str]]:
+        return (record for record in islice(self._table(), 1, None) if record)
+
+    def _table(self) -> Iterator[list[str]]:
+        """Every record, the header first; bad quoting or bytes are InputUnreadable."""
         with self._open() as stream:
             reader = csv.reader(stream)
             try:
-                next(reader, None)
-                for record in reader:
-                    if record:
-                        yield record
-            except (csv.Error, UnicodeDecodeError) as exc:
-                line = reader.line_num
-                raise InputUnreadable(f"{self.path.name} line {line}: {exc}") from exc
+                yield from reader
+            except csv.Error as exc:
+                raise InputUnreadable(f"{self.path.name} line {reader.line_num}: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(self.path) from exc
 
 
 class ParquetReader:
@@ -175,13 +193,16 @@ class ParquetReader:
         self.path = path
         self.column = column
         self.batch_rows = batch_rows
-        with parquet.ParquetFile(path) as source:
-            schema = source.schema_arrow
-            self._rows = int(source.metadata.num_rows)
-            self._group_rows = [
-                int(source.metadata.row_group(group).num_rows)
-                for group in range(source.num_row_groups)
-            ]
+        try:
+            with parquet.ParquetFile(path) as source:
+                schema = source.schema_arrow
+                self._rows = int(source.metadata.num_rows)
+                self._group_rows = [
+                    int(source.metadata.row_group(group).num_rows)
+                    for group in range(source.num_row_groups)
+                ]
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise _not_parquet(path, exc) from exc
         if column not in schema.names:
             raise _no_column(column, dict.fromkeys(schema.names), "the schema")
         kind = schema.field(column).type
@@ -194,6 +215,13 @@ class ParquetReader:
         return self._rows
 
     def rows(self, skip: int = 0) -> Iterator[Row]:
+        pyarrow, _ = require_pyarrow()
+        try:
+            yield from self._rows_from(skip)
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise _not_parquet(self.path, exc) from exc
+
+    def _rows_from(self, skip: int) -> Iterator[Row]:
         _, parquet = require_pyarrow()
         first_group, skip_in_group = 0, skip
         while (
@@ -230,6 +258,23 @@ def _decoded(raw: bytes, line: int) -> str:
         raise InputUnreadable(f"line {line} is not UTF-8 ({exc.reason})") from exc
 
 
+def _not_utf8(path: Path) -> InputUnreadable:
+    """The error naming the first line that is not UTF-8, found by reading the bytes again:
+    the text layer decodes a block at a time, so its own error names no line."""
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return InputUnreadable(f"{path.name} line {number}: not UTF-8 ({exc.reason})")
+    return InputUnreadable(f"{path.name}: not UTF-8")
+
+
+def _not_parquet(path: Path, exc: Exception) -> InputUnreadable:
+    """Arrow reports damage (or another format) as ArrowInvalid, or OSError for bad pages."""
+    return InputUnreadable(f"{path.name} is not a readable Parquet file ({exc})")
+
+
 def _text_value(value: object, where: str) -> str:
     if value is None:
         return ""
@@ -239,10 +284,14 @@ def _text_value(value: object, where: str) -> str:
 
 
 def _id_value(value: object) -> RowId:
-    """Ids stay strings or integers (what JSON and Parquet ids usually are); others turn to text."""
+    """Ids stay strings or integers (what JSON and Parquet ids usually are); others turn to text.
+
+    An integer beyond int64 turns to its exact decimal text too: Parquet output holds integer
+    ids as int64, so it could not keep such an id as a number.
+    """
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value in _INT64:
         return value
     return str(value)
 

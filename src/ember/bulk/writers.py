@@ -253,8 +253,9 @@ class ParquetWriter:
         if self._id_type == "int64":
             if any(isinstance(row_id, str) for row_id in ids):
                 raise InputUnreadable(
-                    "The ids mix integers and strings; Parquet output needs one type per column "
-                    "(write JSONL instead, or make the ids one type)."
+                    "The ids mix integers and strings (integers past int64 are kept as text); "
+                    "Parquet output needs one type per column (write JSONL instead, or make the "
+                    "ids one type)."
                 )
             return self.pyarrow.array(ids, type=self.pyarrow.int64())
         text = [None if row_id is None else str(row_id) for row_id in ids]
