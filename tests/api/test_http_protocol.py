@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ember.api.http_protocol import HeadHoldingTransport
+from ember.api.http_protocol import GuardedHttpToolsProtocol, HeadHoldingTransport
 from ember.settings import ServerSettings
 from tests.support.server import serve_in_thread
 
@@ -126,3 +127,22 @@ def test_pipelined_requests_get_whole_responses_in_order(tmp_path: Path) -> None
     first, second = received.split(b"HTTP/1.1 200 OK")[1:]
     assert b'"status"' in first
     assert b'"object":"list"' in second
+
+
+def test_a_stalled_request_head_is_closed_and_others_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "head_seconds", 0.5)
+    with serve_in_thread(ServerSettings(home=tmp_path)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as stalled,
+            socket.create_connection((host, int(port)), timeout=10) as working,
+        ):
+            stalled.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            request = f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            for _ in range(3):  # a kept-alive connection that keeps asking stays open
+                working.sendall(request)
+                assert working.recv(65536).startswith(b"HTTP/1.1 200 OK")
+                time.sleep(0.3)
+            assert stalled.recv(65536) == b""  # closed by the server, no response

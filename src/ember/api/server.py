@@ -12,7 +12,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from ember.api.app import create_app
-from ember.api.http_protocol import HeadHoldingHttpToolsProtocol
+from ember.api.http_protocol import GuardedHttpToolsProtocol
 from ember.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) ->
         port=settings.port,
         log_level=log_level,
         access_log=False,  # ObserveMiddleware writes Ember's own access log
-        http=HeadHoldingHttpToolsProtocol,
+        http=GuardedHttpToolsProtocol,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
