@@ -120,6 +120,24 @@ def test_input_type_applies_the_task_prefix(
     assert np.abs(typed - plain).max() > 1e-3
 
 
+@pytest.mark.parametrize("model", [V15, V1])
+def test_token_ids_get_the_prompt_of_their_input_type(
+    http: httpx.Client, folders: dict[str, TinyNomicFolder], model: str
+) -> None:
+    tokenizer = Tokenizer.from_file(str(folders[model].path / "tokenizer.json"))
+    prompt = NOMIC_PROMPTS["search_query"]
+    from_text = embed(http, model, TEXTS, input_type="query")
+    ids = [tokenizer.encode(text).ids for text in TEXTS]
+    assert (embed(http, model, ids, input_type="query") * from_text).sum(axis=1).min() > 0.99999
+    # Ids of text that already starts with the prompt, with special tokens or bare, get it once.
+    carrying = [tokenizer.encode(prompt + text).ids for text in TEXTS]
+    bare = [tokenizer.encode(prompt + TEXTS[0], add_special_tokens=False).ids]
+    for arrays, expected in [(carrying, from_text), (bare, from_text[:1])]:
+        served = embed(http, model, arrays, input_type="query")
+        assert (served * expected).sum(axis=1).min() > 0.99999
+    assert np.abs(embed(http, model, ids) - from_text).max() > 1e-3
+
+
 def test_query_and_document_differ(http: httpx.Client) -> None:
     query = embed(http, V15, TEXTS, input_type="query")
     document = embed(http, V15, TEXTS, input_type="document")

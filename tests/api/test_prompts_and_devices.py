@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tokenizers import Tokenizer
 
 from ember.models.settings import read_settings, write_settings
 from ember.settings import ServerSettings
@@ -15,7 +16,7 @@ from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
 
 
-def vector(client: httpx.Client, model: str, text: str, **extra: object) -> list[float]:
+def vector(client: httpx.Client, model: str, text: str | list[int], **extra: object) -> list[float]:
     response = client.post("/v1/embeddings", json={"model": model, "input": text, **extra})
     assert response.status_code == 200, response.text
     embedding: list[float] = response.json()["data"][0]["embedding"]
@@ -39,6 +40,48 @@ def test_input_type_applies_the_models_prompt(tmp_path: Path) -> None:
         assert vector(client, "plain", "world", input_type="query") == vector(
             client, "plain", "world"
         )
+
+
+def test_token_ids_get_the_prompt_their_text_would(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    prompts = {"search_query": "hello ", "search_document": "python ", "glued": "hello"}
+    folder = write_fake_model(
+        models_dir, "prompted", prompts=prompts, default_prompt="search_document"
+    )
+    write_fake_model(models_dir, "glued", prompts={"glued": "hello"}, default_prompt="glued")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    text = "the quick lazy dog"
+    ids = tokenizer.encode(text).ids
+    bare = tokenizer.encode(text, add_special_tokens=False).ids
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        # The fake engine hashes the ids it is given: equal vectors, equal ids.
+        assert vector(client, "prompted", ids) == vector(client, "prompted", text)
+        assert vector(client, "prompted", bare) == vector(client, "prompted", text)
+        for input_type in ("query", "search_query", "document"):
+            assert vector(client, "prompted", ids, input_type=input_type) == vector(
+                client, "prompted", text, input_type=input_type
+            )
+        # Ids that already carry the prompt (the client tokenised "hello " + text) keep it
+        # once, wrapped in the special tokens or bare.
+        for carrying in (
+            tokenizer.encode("hello " + text),
+            tokenizer.encode("hello " + text, add_special_tokens=False),
+        ):
+            assert vector(client, "prompted", carrying.ids, input_type="query") == vector(
+                client, "prompted", text, input_type="query"
+            )
+        # "hello" + "the" tokenises as "hellothe": no ids say that, so the ids are refused.
+        for model, extra, param in [
+            ("prompted", {"input_type": "glued"}, "input_type"),
+            ("glued", {}, "input"),
+        ]:
+            response = client.post("/v1/embeddings", json={"model": model, "input": ids, **extra})
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert (error["type"], error["param"]) == ("invalid_request_error", param)
+            assert "Send the input as text instead" in error["message"]
+        assert vector(client, "glued", text, input_type="glued")
 
 
 def test_gpu_layers_without_a_gpu_fall_back_to_cpu_with_a_log_line(

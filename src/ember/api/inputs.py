@@ -10,7 +10,7 @@ from ember.api.token_ids import Cl100k, TokenIdsMode, is_cl100k
 from ember.engines.base import TokenIds
 from ember.errors import ContextLengthExceeded, InvalidRequest, LimitExceeded
 from ember.models.loader import LoadedModel
-from ember.models.prompts import prompt_for
+from ember.models.prompts import PromptIds, prompt_for, prompt_ids
 from ember.settings import ServerSettings
 
 # Below this many characters tokenising takes microseconds: cheaper than a thread hop.
@@ -63,6 +63,7 @@ async def prepare_inputs(
             param="input",
         )
     _check_memory(len(items), 0, model.settings.dimensions, limits)
+    prefix = prompt_for(model.settings, input_type)
     retokenized_from = None
     if not isinstance(items[0], str):
         arrays: list[list[int]] = items
@@ -72,7 +73,6 @@ async def prepare_inputs(
             retokenized_from = "cl100k_base"
     if isinstance(items[0], str):
         texts = _checked_texts(items, limits, decoded=retokenized_from is not None)
-        prefix = prompt_for(model.settings, input_type)
         if prefix:
             texts = [prefix + text for text in texts]
         if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
@@ -81,6 +81,9 @@ async def prepare_inputs(
             sequences = await asyncio.to_thread(model.tokenizer.encode, texts)
     else:
         sequences = _checked_token_arrays(items, model)
+        if prefix:
+            prompt = _prompt_ids(model, prefix, input_type)
+            sequences = [prompt.apply(sequence) for sequence in sequences]
     sequences = _within_context(sequences, model, truncate=truncate)
     total = sum(len(sequence) for sequence in sequences)
     if total > limits.max_tokens_per_request:
@@ -147,6 +150,26 @@ def _checked_token_arrays(arrays: list[list[int]], model: LoadedModel) -> list[T
             )
         sequences.append(model.tokenizer.wrap(ids))
     return sequences
+
+
+def _prompt_ids(model: LoadedModel, prefix: str, input_type: str | None) -> PromptIds:
+    """The prompt's token ids, found once per loaded model and prompt."""
+    if prefix not in model.prompt_ids:
+        model.prompt_ids[prefix] = prompt_ids(model.tokenizer, prefix)
+    found = model.prompt_ids[prefix]
+    if found is None:
+        which = (
+            "its default prompt"
+            if input_type is None
+            else f"the prompt of input_type '{input_type}'"
+        )
+        raise InvalidRequest(
+            f"Model '{model.settings.id}' cannot add {which} ({prefix!r}) to token "
+            "ids exactly: its tokenizer does not keep the prompt's tokens apart from the "
+            "text's. Send the input as text instead.",
+            param="input" if input_type is None else "input_type",
+        )
+    return found
 
 
 def _within_context(

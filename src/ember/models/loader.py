@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.engines.base import Engine
 from ember.errors import ModelLoadFailed
+from ember.models.prompts import PromptIds
 from ember.models.settings import ModelSettings
 from ember.models.tokenizer import ModelTokenizer, TextTokenizer
 
@@ -21,6 +22,8 @@ class LoadedModel:
     engine: Engine
     load_seconds: float
     folder: Path
+    # Each prompt's token ids (None: the tokenizer cannot splice it), found on first use.
+    prompt_ids: dict[str, PromptIds | None] = field(default_factory=dict, compare=False)
 
 
 def load_model(folder: Path, settings: ModelSettings, *, reloading: bool = False) -> LoadedModel:
