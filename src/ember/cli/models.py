@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -20,6 +21,9 @@ from ember.pooling import Pooling
 @click.group()
 def models() -> None:
     """Manage the models Ember serves."""
+    # The registry's warnings (two folders claiming one model name) reach the terminal as
+    # warnings, not as the bare lines Python prints when logging is not configured.
+    logging.basicConfig(format="%(levelname)s: %(message)s")
 
 
 @models.command()

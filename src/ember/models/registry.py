@@ -74,8 +74,13 @@ class ModelRegistry:
         self.rescan()
 
     def rescan(self) -> None:
-        """Pick up folders added or removed since the last scan; loaded models stay."""
+        """Pick up folders added or removed since the last scan; loaded models stay.
+
+        A name two folders claim goes to a model's own id before another's alias, else to the
+        first folder, and each such clash is logged.
+        """
         found: dict[str, RegisteredModel] = {}
+        clashes: list[str] = []
         for folder in self._model_folders():
             try:
                 settings: ModelSettings | None = read_settings(folder)
@@ -83,15 +88,22 @@ class ModelRegistry:
             except EmberError as exc:
                 settings, problem = None, exc.message
             entry = RegisteredModel(folder, settings, problem)
+            if entry.model_id in found:
+                clashes.append(_clash(entry.model_id, found[entry.model_id], entry))
+                continue
             previous = self._models.get(entry.model_id)
             if previous is not None and previous.settings == settings:
                 entry = previous
             found[entry.model_id] = entry
         self._models = found
-        self._names = {}
+        self._names = {model_id: model_id for model_id in found}
         for model_id, entry in found.items():
-            for name in entry.settings.names if entry.settings else (model_id,):
-                self._names.setdefault(name, model_id)
+            for alias in entry.settings.aliases if entry.settings else ():
+                holder = self._names.setdefault(alias, model_id)
+                if holder != model_id:
+                    clashes.append(_clash(alias, found[holder], entry))
+        for clash in clashes:
+            log.warning("%s", clash)
 
     def models(self) -> list[RegisteredModel]:
         return list(self._models.values())
@@ -199,6 +211,13 @@ class ModelRegistry:
             for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
             if not path.parent.name.startswith(".")
         )
+
+
+def _clash(name: str, kept: RegisteredModel, other: RegisteredModel) -> str:
+    return (
+        f"models '{kept.model_id}' in {kept.folder} and '{other.model_id}' in {other.folder} "
+        f"both claim the name '{name}'; it goes to the one in {kept.folder}"
+    )
 
 
 def _default_loader(folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:

@@ -1,0 +1,72 @@
+"""Model names two folders claim: which model gets each, and the warning that says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ember.settings import ServerSettings
+from tests.support.models import write_fake_model
+from tests.support.server import serve_in_thread
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    """alpha (8 dims) and beta (6) both alias 'shared', beta aliases 'alpha' too, and the
+    folder 'gamma' (4 dims) declares the id 'alpha' again."""
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "alpha", aliases=["shared"])
+    write_fake_model(models_dir, "beta", dimensions=6, aliases=["shared", "alpha"])
+    gamma = write_fake_model(models_dir, "gamma", dimensions=4)
+    settings = json.loads((gamma / "model.json").read_text(encoding="utf-8"))
+    (gamma / "model.json").write_text(json.dumps({**settings, "id": "alpha"}), encoding="utf-8")
+    return models_dir
+
+
+def clash(models_dir: Path, other: str, other_folder: str, name: str) -> str:
+    alpha = models_dir / "alpha"
+    return (
+        f"models 'alpha' in {alpha} and '{other}' in {models_dir / other_folder} both claim "
+        f"the name '{name}'; it goes to the one in {alpha}"
+    )
+
+
+def test_a_contested_name_goes_to_the_first_claim_with_a_warning(
+    models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir)
+    with (
+        caplog.at_level(logging.WARNING, logger="ember.models.registry"),
+        serve_in_thread(settings) as running,
+        httpx.Client(base_url=running.base_url) as client,
+    ):
+        warnings = [record.getMessage() for record in caplog.records]
+        assert warnings == [
+            clash(models_dir, "alpha", "gamma", "alpha"),
+            clash(models_dir, "beta", "beta", "shared"),
+            clash(models_dir, "beta", "beta", "alpha"),
+        ]
+        for name, dimensions in [("alpha", 8), ("shared", 8), ("beta", 6)]:
+            response = client.post("/v1/embeddings", json={"model": name, "input": "hello"})
+            assert response.status_code == 200, response.text
+            assert len(response.json()["data"][0]["embedding"]) == dimensions
+        listed = client.get("/v1/models").json()["data"]
+        assert sorted(model["id"] for model in listed) == ["alpha", "beta"]
+
+
+def test_models_list_shows_the_warning(models_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ember", "models", "list", "--models-dir", str(models_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["alpha", "beta"]
+    assert f"WARNING: {clash(models_dir, 'beta', 'beta', 'shared')}\n" in result.stderr
+    assert f"WARNING: {clash(models_dir, 'alpha', 'gamma', 'alpha')}\n" in result.stderr
