@@ -243,6 +243,36 @@ def test_ids_past_int64_come_out_digit_for_digit(
     assert ids == ["99999999999999999999", "18446744073709551615"]
 
 
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+@pytest.mark.parametrize("input_format", ["jsonl", "parquet"])
+def test_boolean_and_object_ids_come_out_as_their_json_text(
+    tmp_path: Path,
+    fake_models_dir: Path,
+    invoke: Invoke,
+    input_format: InputFormat,
+    output_format: OutputFormat,
+) -> None:
+    source = tmp_path / f"input.{input_format}"
+    if input_format == "jsonl":
+        source.write_text(
+            '{"text": "a", "id": true}\n{"text": "b", "id": false}\n'
+            '{"text": "c", "id": {"k": [1, null]}}\n'
+        )
+        expected = ["true", "false", '{"k":[1,null]}']
+    else:
+        pq.write_table(pa.table({"id": [True, False, None], "text": ["a", "b", "c"]}), source)
+        expected = ["true", "false", None]
+    output = tmp_path / f"v.{output_format}"
+    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir",
+                    fake_models_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    if output_format == "jsonl":
+        ids = [record["id"] for record in read_jsonl(output)]
+    else:
+        ids = pq.read_table(output).column("id").to_pylist()
+    assert ids == expected
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

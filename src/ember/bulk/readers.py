@@ -8,11 +8,13 @@ A row is what gets a row index, and so a place in the output:
 A row with no text (blank line, empty or null value) keeps its place and gets no vector.
 Each reader counts its rows by the same rule it reads them, so the count is exact.
 Ids keep their value exactly: strings and int64 integers as they are, a bigger integer or a
-JSON float as its exact text (integer ids are written as int64, and a float can lose digits).
+JSON float as its exact text (integer ids are written as int64, and a float can lose digits),
+any other value (true, an object) as its JSON text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -284,15 +286,21 @@ def _text_value(value: object, where: str) -> str:
 
 
 def _id_value(value: object) -> RowId:
-    """Ids stay strings or integers (what JSON and Parquet ids usually are); others turn to text.
+    """Ids stay strings or integers (what JSON and Parquet ids usually are); others turn to
+    their JSON text: `true`, not Python's `True`.
 
     An integer beyond int64 turns to its exact decimal text too: Parquet output holds integer
     ids as int64, so it could not keep such an id as a number.
     """
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and value in _INT64:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and value in _INT64:
         return value
+    if isinstance(value, dict | list):
+        with contextlib.suppress(TypeError):  # a Parquet struct of bytes, say: no JSON for it
+            return orjson.dumps(value).decode()
     return str(value)
 
 
