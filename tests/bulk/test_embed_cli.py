@@ -278,9 +278,10 @@ def test_boolean_and_object_ids_come_out_as_their_json_text(
     [
         ("input.csv", b"id,text\n1,\xff\xfe\n", "input.csv line 2: not UTF-8"),
         ("input.csv", b"id,te\xffxt\n1,a\n", "input.csv line 1: not UTF-8"),
+        ("input.txt", b"fine\nbad \xff byte\n", "input.txt line 2: not UTF-8"),
         ("input.parquet", b"PAR1garbage", "input.parquet is not a readable Parquet file"),
     ],
-    ids=["csv-record", "csv-header", "parquet"],
+    ids=["csv-record", "csv-header", "txt", "parquet"],
 )
 def test_unreadable_input_is_an_error_line_not_a_traceback(
     tmp_path: Path, fake_models_dir: Path, invoke: Invoke, name: str, content: bytes, message: str

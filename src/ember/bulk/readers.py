@@ -85,7 +85,7 @@ class TextReader:
     def rows(self, skip: int = 0) -> Iterator[Row]:
         with self.path.open("rb") as stream:
             for number, raw in enumerate(islice(stream, skip, None), start=skip + 1):
-                text = _decoded(_without_newline(raw), number)
+                text = _decoded(_without_newline(raw), self.path, number)
                 yield Row(text.removeprefix("\ufeff") if number == 1 else text)
 
 
@@ -253,11 +253,11 @@ def _without_newline(raw: bytes) -> bytes:
     return raw[:-1] if raw.endswith(b"\r") else raw
 
 
-def _decoded(raw: bytes, line: int) -> str:
+def _decoded(raw: bytes, path: Path, line: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputUnreadable(f"line {line} is not UTF-8 ({exc.reason})") from exc
+        raise InputUnreadable(f"{path.name} line {line}: not UTF-8 ({exc.reason})") from exc
 
 
 def _not_utf8(path: Path) -> InputUnreadable:
