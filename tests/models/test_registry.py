@@ -37,7 +37,7 @@ def clash(models_dir: Path, other: str, other_folder: str, name: str) -> str:
     )
 
 
-def test_a_contested_name_goes_to_the_first_claim_with_a_warning(
+def test_a_contested_name_goes_to_the_first_claim_with_one_warning(
     models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = ServerSettings(home=tmp_path, models_dir=models_dir)
@@ -58,6 +58,8 @@ def test_a_contested_name_goes_to_the_first_claim_with_a_warning(
             assert len(response.json()["data"][0]["embedding"]) == dimensions
         listed = client.get("/v1/models").json()["data"]
         assert sorted(model["id"] for model in listed) == ["alpha", "beta"]
+        # Every listing rescans; a clash already reported is not reported again.
+        assert [record.getMessage() for record in caplog.records] == warnings
 
 
 def test_models_list_shows_the_warning(models_dir: Path) -> None:

@@ -68,6 +68,7 @@ class ModelRegistry:
         self._loader: Loader = loader or _default_loader
         self._models: dict[str, RegisteredModel] = {}
         self._names: dict[str, str] = {}
+        self._clashes: set[str] = set()
         # With a budget, models load one at a time: room is made for a model when its load
         # starts, so two loads at once would each count only the models already loaded.
         self._budgeted_load = asyncio.Lock()
@@ -77,7 +78,7 @@ class ModelRegistry:
         """Pick up folders added or removed since the last scan; loaded models stay.
 
         A name two folders claim goes to a model's own id before another's alias, else to the
-        first folder, and each such clash is logged.
+        first folder, and each such clash is logged once, while it lasts.
         """
         found: dict[str, RegisteredModel] = {}
         clashes: list[str] = []
@@ -103,7 +104,9 @@ class ModelRegistry:
                 if holder != model_id:
                     clashes.append(_clash(alias, found[holder], entry))
         for clash in clashes:
-            log.warning("%s", clash)
+            if clash not in self._clashes:  # /v1/models rescans on every call
+                log.warning("%s", clash)
+        self._clashes = set(clashes)
 
     def models(self) -> list[RegisteredModel]:
         return list(self._models.values())
