@@ -72,3 +72,18 @@ def test_models_list_shows_the_warning(models_dir: Path) -> None:
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["alpha", "beta"]
     assert f"WARNING: {clash(models_dir, 'beta', 'beta', 'shared')}\n" in result.stderr
     assert f"WARNING: {clash(models_dir, 'alpha', 'gamma', 'alpha')}\n" in result.stderr
+
+
+def test_ember_embed_shows_the_warning(models_dir: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\nworld\n", encoding="utf-8")
+    output = tmp_path / "vectors.jsonl"
+    command = ["embed", str(texts), "--model", "beta", "--output", str(output)]
+    result = subprocess.run(
+        [sys.executable, "-m", "ember", *command, "--models-dir", str(models_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"WARNING: {clash(models_dir, 'beta', 'beta', 'shared')}\n" in result.stderr
+    assert len(output.read_text(encoding="utf-8").splitlines()) == 2

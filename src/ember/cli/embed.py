@@ -28,7 +28,7 @@ from ember.bulk.formats import (
     output_format_for,
 )
 from ember.bulk.runner import BulkJob, EmbedOptions, Summary, run_job
-from ember.cli.options import home_options, settings_from
+from ember.cli.options import home_options, settings_from, warnings_to_terminal
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.loader import LoadedModel, load_model
 from ember.models.registry import ModelRegistry
@@ -121,6 +121,7 @@ def embed(
     Rows with no text keep their place and get no vector (null; zeros in .npy). An
     interrupted run resumes where its checkpoint says, with the same command.
     """
+    warnings_to_terminal()
     chosen_output = output_format_for(output) if output_format == "auto" else output_format
     if chosen_output is None:
         raise click.UsageError(

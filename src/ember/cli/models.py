@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Literal, get_args
 
 import click
 
-from ember.cli.options import home_options, settings_from
+from ember.cli.options import home_options, settings_from, warnings_to_terminal
 from ember.errors import EmberError
 from ember.models.catalog import CATALOG
 from ember.models.importers import AddOptions, add_model
@@ -21,9 +20,7 @@ from ember.pooling import Pooling
 @click.group()
 def models() -> None:
     """Manage the models Ember serves."""
-    # The registry's warnings (two folders claiming one model name) reach the terminal as
-    # warnings, not as the bare lines Python prints when logging is not configured.
-    logging.basicConfig(format="%(levelname)s: %(message)s")
+    warnings_to_terminal()
 
 
 @models.command()

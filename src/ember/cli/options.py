@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,6 +12,12 @@ import click
 from ember.settings import ServerSettings, load_settings
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def warnings_to_terminal() -> None:
+    """Library warnings (two folders claiming one model name) print as 'WARNING: …' lines, not
+    as the bare lines Python prints when logging is not configured."""
+    logging.basicConfig(format="%(levelname)s: %(message)s")
 
 
 def home_options(command: Command) -> Command:
