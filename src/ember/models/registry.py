@@ -31,6 +31,7 @@ class RegisteredModel:
     folder: Path
     settings: ModelSettings | None
     problem: str | None = None
+    identity: tuple[int, int, int] | None = None  # its model.json's, when scanned
     loaded: LoadedModel | None = None
     last_used: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -50,6 +51,11 @@ class RegisteredModel:
         size = weights.stat().st_size if weights.is_file() else 0
         tables = sum(path.stat().st_size for path in table_files(weights))
         return size * weight_copies(self.settings) + tables
+
+    @property
+    def replaced(self) -> bool:
+        """Whether the folder is gone, or is another one now (removed and added again)."""
+        return folder_identity(self.folder) != self.identity
 
 
 class ModelRegistry:
@@ -75,7 +81,8 @@ class ModelRegistry:
         self.rescan()
 
     def rescan(self) -> None:
-        """Pick up folders added or removed since the last scan; loaded models stay.
+        """Pick up folders added, removed or replaced since the last scan; loaded models stay
+        while their folder and settings do.
 
         A name two folders claim goes to a model's own id before another's alias, else to the
         first folder, and each such clash is logged once, while it lasts.
@@ -88,12 +95,16 @@ class ModelRegistry:
                 problem = None
             except EmberError as exc:
                 settings, problem = None, exc.message
-            entry = RegisteredModel(folder, settings, problem)
+            entry = RegisteredModel(folder, settings, problem, folder_identity(folder))
             if entry.model_id in found:
                 clashes.append(_clash(entry.model_id, found[entry.model_id], entry))
                 continue
             previous = self._models.get(entry.model_id)
-            if previous is not None and previous.settings == settings:
+            if (
+                previous is not None
+                and previous.settings == settings
+                and previous.identity == entry.identity
+            ):
                 entry = previous
             found[entry.model_id] = entry
         self._models = found
@@ -112,8 +123,10 @@ class ModelRegistry:
         return list(self._models.values())
 
     def find(self, name: str) -> RegisteredModel:
-        """The model registered under `name` (id or alias); rescans once before giving up."""
-        if name not in self._names:
+        """The model registered under `name` (id or alias); rescans once before giving up, or
+        when its folder was removed or replaced (`ember models rm`, `add`, `pull`)."""
+        known = self._names.get(name)
+        if known is None or self._models[known].replaced:
             self.rescan()
         model_id = self._names.get(name)
         if model_id is None:
@@ -214,6 +227,19 @@ class ModelRegistry:
             for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
             if not path.parent.name.startswith(".")
         )
+
+
+def folder_identity(folder: Path) -> tuple[int, int, int] | None:
+    """Device, inode and mtime of a model folder's model.json; None once it is gone.
+
+    A folder removed and added again may reuse the old folder's inode, but its model.json is
+    written anew, so this tells them apart; rewriting model.json counts as a change too.
+    """
+    try:
+        stat = (folder / SETTINGS_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
 
 
 def _clash(name: str, kept: RegisteredModel, other: RegisteredModel) -> str:
