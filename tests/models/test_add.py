@@ -30,6 +30,7 @@ from tests.support.gguf_files import (
     write_jan_model,
     write_tiny_bert_folder,
 )
+from tests.support.models import write_fake_model
 from tests.support.nomic import NOMIC_PROMPTS, write_tiny_nomic_folder
 from tests.support.server import serve_in_thread
 
@@ -370,6 +371,53 @@ def test_adding_an_existing_id_is_refused(sources: Path, home: Path) -> None:
     again = run_cli("models", "add", str(sources / "tiny-bert-f32.gguf"), "--home", str(home))
     assert again.exit_code != 0
     assert "already registered" in again.output
+
+
+@pytest.mark.parametrize("model_id", [".hidden", "../escape", "x" * 300])
+def test_ids_that_cannot_name_a_visible_folder_are_refused(
+    sources: Path, home: Path, model_id: str
+) -> None:
+    # A folder starting with "." is one the registry skips: "ready" but never listed or removable.
+    gguf = str(sources / "tiny-bert-f32.gguf")
+    result = run_cli("models", "add", gguf, "--id", model_id, "--home", str(home))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ")
+    assert list(home.glob("models/*")) == []
+
+
+def test_an_id_taken_by_another_add_meanwhile_is_refused(
+    bert_folder: TinyBertFolder, sources: Path, home: Path
+) -> None:
+    models_dir = home / "models"
+
+    def other_add_finishes_first(_message: str) -> None:  # reported while the graph builds
+        add_model(sources / "tiny-bert-f32.gguf", models_dir, AddOptions(model_id="twice"))
+
+    with pytest.raises(InvalidModelSettings, match="'twice' is already registered"):
+        add_model(
+            bert_folder.path, models_dir, AddOptions(model_id="twice"), other_add_finishes_first
+        )
+    assert [path.name for path in models_dir.iterdir()] == ["twice"]
+    assert read_settings(models_dir / "twice").engine == "gguf"
+
+
+def test_a_models_folder_that_is_a_file_is_an_error_line(sources: Path, home: Path) -> None:
+    home.mkdir()
+    (home / "models").write_text("not a folder", encoding="utf-8")
+    result = run_cli("models", "add", str(sources / "tiny-bert-f32.gguf"), "--home", str(home))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ")
+    assert str(home / "models") in result.output
+
+
+def test_rm_of_a_linked_model_folder_removes_the_link_only(home: Path, tmp_path: Path) -> None:
+    outside = write_fake_model(tmp_path / "elsewhere", "linked")
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "linked").symlink_to(outside, target_is_directory=True)
+    result = run_cli("models", "rm", "linked", "--home", str(home))
+    assert result.exit_code == 0, result.output
+    assert list((home / "models").iterdir()) == []
+    assert (outside / "model.json").is_file()  # the user's own files are left
 
 
 def test_unknown_inputs_are_refused(tmp_path: Path) -> None:

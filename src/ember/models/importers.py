@@ -430,23 +430,45 @@ def _safe_id(name: str) -> str:
 
 @contextmanager
 def _staged_folder(models_dir: Path, model_id: str) -> Iterator[Path]:
-    """A hidden folder that becomes `models_dir/<folder>` only when the block succeeds."""
-    target = models_dir / folder_name(model_id)
-    if target.exists():
+    """A hidden folder that becomes `models_dir/<folder>` only when the block succeeds.
+
+    File system failures (the models folder is a file or read-only, a full disk, a name too
+    long) become errors that say what could not be added.
+    """
+    name = folder_name(model_id)
+    if name.startswith("."):  # the registry skips hidden folders, staging ones among them
         raise InvalidModelSettings(
-            f"a model '{model_id}' is already registered at {target}; "
-            "remove it first or choose another --id",
+            f"the model id '{model_id}' would make a hidden folder; choose an id that does "
+            "not start with '.'",
             model_id,
         )
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".add-{folder_name(model_id)}-"))
+    target = models_dir / name
+    if os.path.lexists(target):
+        raise _already_registered(model_id, target)
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".add-{name[:64]}-"))
+    except OSError as exc:
+        raise InvalidModelSettings(f"cannot add '{model_id}' to {models_dir}: {exc}") from exc
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it private; model folders are not secret
         yield staging
         os.rename(staging, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and os.path.lexists(target):
+            raise _already_registered(model_id, target) from exc  # another add won the race
+        if isinstance(exc, OSError):
+            raise InvalidModelSettings(f"cannot add '{model_id}': {exc}", model_id) from exc
         raise
+
+
+def _already_registered(model_id: str, target: Path) -> InvalidModelSettings:
+    return InvalidModelSettings(
+        f"a model '{model_id}' is already registered at {target}; "
+        "remove it first or choose another --id",
+        model_id,
+    )
 
 
 def _link_or_copy(source: str | Path, target: str | Path) -> None:

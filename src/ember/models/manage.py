@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ember.errors import ModelNotFound
+from ember.errors import ModelError, ModelNotFound
 from ember.models.catalog import CATALOG, CatalogEntry, find_entry
 from ember.models.hf_folder import register_hf_folder
 from ember.models.pull import pull_model
@@ -69,7 +69,14 @@ def registered_ids(models_dir: Path) -> list[str]:
 
 
 def remove_model(models_dir: Path, model_id: str) -> None:
+    """Delete `models_dir/<model_id>`; a symlinked folder loses its link, not its files."""
     folder = models_dir / model_id
     if not (folder / SETTINGS_FILE).is_file():
         raise ModelNotFound(f"No model '{model_id}' in {models_dir}", model_id)
-    shutil.rmtree(folder)
+    try:
+        if folder.is_symlink():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder)
+    except OSError as exc:
+        raise ModelError(f"cannot remove '{model_id}': {exc}", model_id) from exc
