@@ -108,8 +108,8 @@ class ModelSettings(BaseModel):
 def read_settings(folder: Path) -> ModelSettings:
     """Read and validate `folder/model.json`, with a message that names the problem."""
     path = folder / SETTINGS_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: Windows editors may start the file with a byte-order mark
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as exc:
         raise InvalidModelSettings(f"{folder.name}: no {SETTINGS_FILE}", folder.name) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
