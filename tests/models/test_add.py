@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -432,3 +434,36 @@ def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI reads EMBER_* variables; tests pass --home explicitly."""
     for name in [name for name in os.environ if name.startswith("EMBER_")]:
         monkeypatch.delenv(name)
+
+
+def test_staging_folders_of_killed_runs_are_swept_on_the_next_add(
+    sources: Path, home: Path
+) -> None:
+    """A pull or add killed mid-way leaves its hidden staging folder (hundreds of MB for a
+    pull): the next add removes those whose process is gone, and a pull killed between its
+    two renames gets its previous model folder back."""
+    models_dir = home / "models"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        abandoned_add = models_dir / f".add-{gone.pid}-tiny-bert-abc123"
+        abandoned_pull = models_dir / f".all-MiniLM-L6-v2.pull-{gone.pid}-def456"
+        live_pull = models_dir / f".paraphrase-minilm.pull-{running.pid}-ghi789"
+        users_own = models_dir / ".git"
+        for folder in (abandoned_add, live_pull / "wheels", users_own):
+            folder.mkdir(parents=True)
+        write_fake_model(abandoned_pull, "previous")
+        (abandoned_add / "weights.bin").write_bytes(b"\0" * 1024)
+
+        add(sources / "tiny-bert-f32.gguf", home)
+
+        assert not abandoned_add.exists()
+        assert not abandoned_pull.exists()
+        restored = json.loads((models_dir / "all-MiniLM-L6-v2" / "model.json").read_text())
+        assert restored["id"] == "previous"
+        assert live_pull.is_dir()
+        assert users_own.is_dir()
+    finally:
+        running.kill()
+        running.wait()

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import IO, Any, BinaryIO, Literal
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.hf_folder import is_hf_folder, register_hf_folder
 from ember.models.settings import SETTINGS_FILE, ModelSettings, parse_settings, write_settings
+from ember.models.staging import add_staging
 from ember.pooling import Pooling
 
 Report = Callable[[str], None]
@@ -446,12 +446,10 @@ def _staged_folder(models_dir: Path, model_id: str) -> Iterator[Path]:
     if os.path.lexists(target):
         raise _already_registered(model_id, target)
     try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".add-{name[:64]}-"))
+        staging = add_staging(models_dir, name)
     except OSError as exc:
         raise InvalidModelSettings(f"cannot add '{model_id}' to {models_dir}: {exc}") from exc
     try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; model folders are not secret
         yield staging
         os.rename(staging, target)
     except BaseException as exc:

