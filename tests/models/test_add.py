@@ -467,3 +467,12 @@ def test_staging_folders_of_killed_runs_are_swept_on_the_next_add(
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_default_id_keeps_letters_of_any_script(
+    sources: Path, home: Path, tmp_path: Path
+) -> None:
+    named = tmp_path / "ünï modèle 模型.gguf"
+    shutil.copy(sources / "tiny-bert-f32.gguf", named)
+    add(named, home)
+    assert model_json(home, "ünï-modèle-模型")["id"] == "ünï-modèle-模型"

@@ -424,7 +424,7 @@ def folder_name(model_id: str) -> str:
 
 
 def _safe_id(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    cleaned = re.sub(r"[^\w.-]+", "-", name).strip("-.")  # letters of any script kept
     return cleaned or "model"
 
 
