@@ -476,3 +476,12 @@ def test_a_default_id_keeps_letters_of_any_script(
     shutil.copy(sources / "tiny-bert-f32.gguf", named)
     add(named, home)
     assert model_json(home, "ünï-modèle-模型")["id"] == "ünï-modèle-模型"
+
+
+@pytest.mark.parametrize("model_id", ["", "  "])
+def test_an_empty_id_is_refused(sources: Path, home: Path, model_id: str) -> None:
+    gguf = str(sources / "tiny-bert-f32.gguf")
+    result = run_cli("models", "add", gguf, "--id", model_id, "--home", str(home))
+    assert result.exit_code == 2, result.output
+    assert "'--id': must not be empty" in result.output
+    assert not home.exists()

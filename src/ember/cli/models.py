@@ -61,7 +61,12 @@ def pull(
 
 @models.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--id", "model_id", help="Model id clients will send (default: from the files).")
+@click.option(
+    "--id",
+    "model_id",
+    callback=lambda _ctx, _param, value: _non_blank_id(value),
+    help="Model id clients will send (default: from the files).",
+)
 @click.option(
     "--tokenizer",
     type=click.Path(exists=True, path_type=Path),
@@ -108,6 +113,13 @@ def add(
     for settings in added:
         kind = "embedding" if settings.embedding else "not embedding"
         click.echo(f"ready: {settings.id} ({settings.engine}, {settings.dimensions} dims, {kind})")
+
+
+def _non_blank_id(value: str | None) -> str | None:
+    """`--id ""` would quietly fall back to the id from the files; say so instead."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--id'")
+    return value
 
 
 @models.command(name="list")
