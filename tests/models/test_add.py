@@ -485,3 +485,13 @@ def test_an_empty_id_is_refused(sources: Path, home: Path, model_id: str) -> Non
     assert result.exit_code == 2, result.output
     assert "'--id': must not be empty" in result.output
     assert not home.exists()
+
+
+def test_an_id_too_long_for_a_folder_is_refused_before_any_work(
+    bert_folder: TinyBertFolder, home: Path
+) -> None:
+    reported: list[str] = []
+    options = AddOptions(model_id="é" * 200)  # 400 bytes in UTF-8
+    with pytest.raises(InvalidModelSettings, match="too long for a folder name"):
+        add_model(bert_folder.path, home / "models", options, reported.append)
+    assert reported == []

@@ -423,6 +423,10 @@ def folder_name(model_id: str) -> str:
     return model_id.replace("/", "--")
 
 
+# The longest file name Linux, macOS and Windows file systems take, in bytes.
+_NAME_MAX = 255
+
+
 def _safe_id(name: str) -> str:
     cleaned = re.sub(r"[^\w.-]+", "-", name).strip("-.")  # letters of any script kept
     return cleaned or "model"
@@ -440,6 +444,12 @@ def _staged_folder(models_dir: Path, model_id: str) -> Iterator[Path]:
         raise InvalidModelSettings(
             f"the model id '{model_id}' would make a hidden folder; choose an id that does "
             "not start with '.'",
+            model_id,
+        )
+    if len(name.encode()) > _NAME_MAX:  # fail now, not after building the graph
+        raise InvalidModelSettings(
+            f"the model id '{model_id[:40]}…' is too long for a folder name "
+            f"(at most {_NAME_MAX} bytes)",
             model_id,
         )
     target = models_dir / name
