@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from tests.support.process import ember_process, wait_until_healthy
 from tests.support.server import free_port
@@ -68,3 +69,42 @@ def test_version_and_help(tmp_path: Path) -> None:
     with ember_process("serve", "--help", log=log) as process:
         assert process.wait(timeout=30) == 0
     assert "--api-key" in log.read_text()
+
+
+def serve_and_wait(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `ember serve ARGS` that should stop on its own; its exit code and output."""
+    log = tmp_path / "serve.log"
+    env = {
+        "EMBER_HOME": str(tmp_path / "home"),
+        "EMBER_OFFLINE": "1",
+        "EMBER_PORT": str(free_port()),
+        **env,
+    }
+    with ember_process("serve", *args, env=env, log=log) as process:
+        code = process.wait(timeout=30)
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--log-level", "bogus"], {}, "--log-level"),
+        (["--log-level", ""], {}, "--log-level"),
+        ([], {"EMBER_PORT": "abc"}, "EMBER_PORT"),
+        ([], {"EMBER_PORT": "-5"}, "EMBER_PORT"),
+        (["--port", "70000"], {}, "--port"),
+        ([], {"EMBER_SHUTDOWN_GRACE_SECONDS": "-1"}, "EMBER_SHUTDOWN_GRACE_SECONDS"),
+        ([], {"EMBER_TOKEN_IDS": "foo"}, "EMBER_TOKEN_IDS"),
+        ([], {"EMBER_MAX_BODY_BYTES": ""}, "EMBER_MAX_BODY_BYTES"),
+    ],
+)
+def test_an_invalid_setting_is_one_error_line_naming_the_flag_or_variable(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    code, output = serve_and_wait(tmp_path, *args, env=env)
+    assert code == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, output
+    assert named in errors[0]
+    assert "Traceback" not in output
+    assert "errors.pydantic.dev" not in output

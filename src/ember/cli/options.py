@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from ember.settings import ServerSettings, load_settings
 
@@ -38,5 +39,20 @@ def settings_from(**flags: Any) -> ServerSettings:
     """Flags given on the command line win over the environment."""
     try:
         return load_settings(flags)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except ValidationError as exc:
+        raise click.UsageError(_described(exc, flags)) from exc
+
+
+def _described(exc: ValidationError, flags: dict[str, Any]) -> str:
+    """Each invalid value as the flag or variable it came from, its value and why, on one
+    line (pydantic's own text names fields, not EMBER_* variables, over several lines)."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if flags.get(field) is not None:
+            source = "--" + field.replace("_", "-")
+        else:
+            source = "EMBER_" + field.upper()
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"Invalid value for {source}: {error['input']!r}: {reason}.")
+    return " ".join(problems)

@@ -31,7 +31,13 @@ from ember.settings import ServerSettings
     default=None,
     help="Allow binding beyond loopback without an API key [env EMBER_INSECURE].",
 )
-@click.option("--log-level", default="info", show_default=True, help="Logging level.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Logging level.",
+)
 @home_options
 def serve(log_level: str, **flags: object) -> None:
     """Serve the OpenAI-compatible embeddings API."""
