@@ -96,6 +96,15 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("home", "models_dir")
+    @classmethod
+    def _not_a_file(cls, value: Path | None) -> Path | None:
+        """A folder path that names a file is refused, as the --home flag refuses it; it
+        would otherwise serve no models, or fail only when the first pull writes there."""
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError("a file, not a folder")
+        return value
+
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.home / "models"

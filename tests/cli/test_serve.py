@@ -108,3 +108,22 @@ def test_an_invalid_setting_is_one_error_line_naming_the_flag_or_variable(
     assert named in errors[0]
     assert "Traceback" not in output
     assert "errors.pydantic.dev" not in output
+
+
+def test_a_home_that_is_a_file_is_refused_from_the_environment_as_from_the_flag(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home-file"
+    home.write_text("not a folder")
+    (tmp_path / "home-dir").mkdir()
+    (tmp_path / "home-dir" / "models").write_text("not a folder")
+    for args, env in (
+        (["--home", str(home)], {}),
+        ([], {"EMBER_HOME": str(home)}),
+        ([], {"EMBER_MODELS_DIR": str(home)}),
+        ([], {"EMBER_HOME": str(tmp_path / "home-dir")}),
+    ):
+        code, output = serve_and_wait(tmp_path, *args, env=env)
+        assert code == 2, output
+        assert "a file" in output
+        assert "Uvicorn running" not in output

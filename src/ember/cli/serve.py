@@ -42,6 +42,9 @@ from ember.settings import ServerSettings
 def serve(log_level: str, **flags: object) -> None:
     """Serve the OpenAI-compatible embeddings API."""
     settings = settings_from(**flags)
+    models_dir = settings.resolved_models_dir
+    if models_dir.exists() and not models_dir.is_dir():
+        raise click.UsageError(f"{models_dir} is a file, not a folder of models.")
     if not is_loopback(settings.host) and not settings.api_key and not settings.insecure:
         raise click.UsageError(
             f"Refusing to serve on {settings.host} without an API key: anyone who can reach "
