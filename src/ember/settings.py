@@ -96,6 +96,13 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _strip_key(cls, value: str | None) -> str | None:
+        """A key read from a file keeps its newline, but HTTP strips the whitespace around
+        header values, so such a key could never be presented; a blank key is no key."""
+        return (value.strip() or None) if value is not None else None
+
     @field_validator("home", "models_dir")
     @classmethod
     def _not_a_file(cls, value: Path | None) -> Path | None:

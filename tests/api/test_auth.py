@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
 
+from ember.settings import ServerSettings
 from tests.api.conftest import API_KEY
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, serve_in_thread
 
 MODEL = "all-MiniLM-L6-v2"
 BODY = {"model": MODEL, "input": "hello"}
@@ -59,3 +62,33 @@ def test_openai_client_with_wrong_key_raises_authentication_error(server: Runnin
     client = openai.OpenAI(base_url=server.api_url, api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.embeddings.create(model=MODEL, input="hello")
+
+
+def models_status(settings: ServerSettings, headers: list[tuple[bytes, bytes]]) -> int:
+    with serve_in_thread(settings) as running:
+        return httpx.get(f"{running.base_url}/v1/models", headers=headers).status_code
+
+
+@pytest.mark.parametrize("configured", ["k-1\n", " k-1 ", "k-1\r\n"])
+def test_a_key_read_with_surrounding_whitespace_is_the_key_without_it(
+    tmp_path: Path, configured: str
+) -> None:
+    """A key from a file or an env file often ends in a newline; HTTP strips what clients
+    send, so a key kept with it could never be presented."""
+    settings = ServerSettings(home=tmp_path, api_key=configured)
+    assert models_status(settings, [(b"Authorization", b"Bearer k-1")]) == 200
+    assert models_status(settings, [(b"X-Api-Key", b"k-1")]) == 200
+    assert models_status(settings, [(b"Authorization", b"Bearer k-2")]) == 401
+
+
+def test_a_blank_key_is_no_key(tmp_path: Path) -> None:
+    assert ServerSettings(home=tmp_path, api_key="  \n").api_key is None
+    assert models_status(ServerSettings(home=tmp_path, api_key=" "), []) == 200
+
+
+def test_a_non_ascii_key_is_compared_as_the_utf8_bytes_clients_send(tmp_path: Path) -> None:
+    key = "clé-ключ"
+    settings = ServerSettings(home=tmp_path, api_key=key)
+    assert models_status(settings, [(b"Authorization", b"Bearer " + key.encode())]) == 200
+    assert models_status(settings, [(b"X-Api-Key", key.encode())]) == 200
+    assert models_status(settings, [(b"X-Api-Key", key.encode("latin-1", "replace"))]) == 401

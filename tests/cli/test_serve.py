@@ -127,3 +127,9 @@ def test_a_home_that_is_a_file_is_refused_from_the_environment_as_from_the_flag(
         assert code == 2, output
         assert "a file" in output
         assert "Uvicorn running" not in output
+
+
+def test_a_blank_api_key_does_not_count_as_one_beyond_loopback(tmp_path: Path) -> None:
+    code, output = serve_and_wait(tmp_path, "--host", "0.0.0.0", env={"EMBER_API_KEY": " \n"})
+    assert code == 2, output
+    assert "without an API key" in output

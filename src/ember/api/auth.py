@@ -29,5 +29,7 @@ async def require_api_key(request: Request) -> None:
         raise AuthenticationFailed(
             "Missing API key: send it as 'Authorization: Bearer YOUR_KEY' (or 'X-Api-Key')."
         )
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # Header values arrive as bytes decoded as latin-1: compare those bytes with the key's
+    # UTF-8, which is what a client sends for a non-ASCII key.
+    if not hmac.compare_digest(given.encode("latin-1"), expected.encode()):
         raise AuthenticationFailed("Incorrect API key provided.")
