@@ -143,3 +143,27 @@ def test_server_that_cannot_bind_exits_non_zero(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 pytest.fail("the server kept running on a port it could not bind")
     assert code != 0
+
+
+@pytest.mark.parametrize("grace", ["0.9", "inf"])
+def test_a_grace_period_is_read_as_seconds_not_truncated_and_inf_waits(
+    tmp_path: Path, grace: str
+) -> None:
+    """0.9 s is not 0 (which cut every in-flight request); inf waits for them all."""
+    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 0.3})
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {"EMBER_HOME": str(tmp_path / "home"), "EMBER_SHUTDOWN_GRACE_SECONDS": grace}
+    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
+        wait_until_healthy(base_url, process, log)
+        threads, results = send_all(base_url, ["hello"])
+        wait_for(lambda: all_received(base_url, 1))
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=30)
+        assert process.wait(timeout=20) == 0, log.read_text()
+    response = results[0]
+    assert isinstance(response, httpx.Response), response
+    assert response.status_code == 200, response.text
+    assert "Traceback" not in log.read_text()

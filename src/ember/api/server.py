@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 from collections.abc import Generator
 from types import FrameType
@@ -45,6 +46,7 @@ class GracefulServer(uvicorn.Server):
 
 def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) -> uvicorn.Config:
     """How Ember runs under uvicorn; the tests' in-thread servers use it too."""
+    grace = settings.shutdown_grace_seconds
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -53,7 +55,9 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) ->
         access_log=False,  # ObserveMiddleware writes Ember's own access log
         http=GuardedHttpToolsProtocol,
         lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        # uvicorn hands this to asyncio.timeout, which takes float seconds (int() made 0.9
+        # no grace at all) and None for no limit (int() of inf raised OverflowError).
+        timeout_graceful_shutdown=None if math.isinf(grace) else grace,  # type: ignore[arg-type]
     )
 
 
