@@ -167,3 +167,36 @@ def test_a_grace_period_is_read_as_seconds_not_truncated_and_inf_waits(
     assert isinstance(response, httpx.Response), response
     assert response.status_code == 200, response.text
     assert "Traceback" not in log.read_text()
+
+
+def test_a_second_signal_cuts_in_flight_requests_short_and_exits_0_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C twice: stop waiting, answer what is still running 503, exit 0 at once, and
+    close the app as a first signal does, with no traceback in the log."""
+    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 1.0})
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {"EMBER_HOME": str(tmp_path / "home")}
+    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
+        wait_until_healthy(base_url, process, log)
+        threads, results = send_all(base_url, TEXTS)  # about 6 s of work
+        wait_for(lambda: all_received(base_url, len(TEXTS)))
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=20)
+        elapsed = time.monotonic() - stopped
+    for thread in threads:
+        thread.join(timeout=30)
+    text = log.read_text()
+    assert code == 0, text
+    assert elapsed < 3, f"a second Ctrl-C took {elapsed:.1f} s to stop the server"
+    for response in results:
+        assert isinstance(response, httpx.Response), response
+        if response.status_code != 200:
+            assert_error(response, 503, "shutting_down")
+    assert "Traceback" not in text
+    assert "Application shutdown complete" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -26,6 +27,8 @@ class GracefulServer(uvicorn.Server):
     SIGTERM; a service asked to stop that stopped cleanly should exit 0.
     """
 
+    _cut_short = False
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -38,10 +41,24 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def _ask_to_exit(self, signum: int, _frame: FrameType | None) -> None:
-        if self.should_exit:  # a second signal: stop waiting for in-flight requests
+        name = signal.Signals(signum).name
+        if not self.should_exit:
+            log.info("received %s: finishing in-flight requests", name)
+            self.should_exit = True
+        elif not self._cut_short:
+            # A second signal ends the grace period now, as its timeout would: requests still
+            # running answer 503, and the app closes as usual (uvicorn's force_exit skipped
+            # the app's shutdown, and its cancelled lifespan logged a traceback).
+            log.info("received %s again: cutting in-flight requests short", name)
+            self._cut_short = True
+            asyncio.get_running_loop().call_soon_threadsafe(self._cancel_requests)
+        else:  # a third: stop at once, without closing the app
+            log.info("received %s a third time: exiting now", name)
             self.force_exit = True
-        log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
-        self.should_exit = True
+
+    def _cancel_requests(self) -> None:
+        for task in self.server_state.tasks:
+            task.cancel(msg="in-flight requests cut short by a second signal")
 
 
 def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) -> uvicorn.Config:
