@@ -133,3 +133,16 @@ def test_a_blank_api_key_does_not_count_as_one_beyond_loopback(tmp_path: Path) -
     code, output = serve_and_wait(tmp_path, "--host", "0.0.0.0", env={"EMBER_API_KEY": " \n"})
     assert code == 2, output
     assert "without an API key" in output
+
+
+def test_a_cache_path_that_cannot_be_opened_is_one_error_line(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("these are notes, not a SQLite database\n" * 100)
+    for path in (tmp_path, not_a_database):
+        code, output = serve_and_wait(tmp_path, env={"EMBER_CACHE_PATH": str(path)})
+        assert code == 1, output
+        assert "Traceback" not in output
+        errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, output
+        assert str(path) in errors[0]
+        assert "EMBER_CACHE_PATH" in errors[0]

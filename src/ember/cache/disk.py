@@ -10,19 +10,25 @@ from pathlib import Path
 import numpy as np
 
 from ember.engines.base import Vectors
+from ember.errors import EmberError
 
 
 class DiskCache:
     """A key → float32 vector table; every call is short and serialised by a lock."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
-        )
+        """Raises EmberError naming the file when it cannot be a cache (a folder, a file that
+        is not SQLite, no permission)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise EmberError(f"cannot use {path} as the cache (EMBER_CACHE_PATH): {exc}") from exc
         self._lock = threading.Lock()
 
     def get_many(self, keys: Sequence[bytes]) -> list[Vectors | None]:

@@ -59,7 +59,10 @@ def serve(log_level: str, **flags: object) -> None:
     _ensure_a_model(settings)
     from ember.api.server import run_server
 
-    run_server(settings, log_level=log_level)
+    try:
+        run_server(settings, log_level=log_level)
+    except EmberError as exc:  # the app could not be built (its cache file, say)
+        raise click.ClickException(exc.message) from exc
 
 
 def _ensure_a_model(settings: ServerSettings) -> None:
