@@ -96,6 +96,15 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _bare_address(cls, value: str) -> str:
+        """[::1] (an IPv6 address as URLs write it) binds ::1; uvicorn could not resolve it."""
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            return value[1:-1]
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _strip_key(cls, value: str | None) -> str | None:

@@ -146,3 +146,15 @@ def test_a_cache_path_that_cannot_be_opened_is_one_error_line(tmp_path: Path) ->
         assert len(errors) == 1, output
         assert str(path) in errors[0]
         assert "EMBER_CACHE_PATH" in errors[0]
+
+
+def test_an_ipv6_host_in_brackets_is_served_as_without_them(tmp_path: Path) -> None:
+    """[::1] is how IPv6 addresses are written in URLs; the bind address is ::1."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {"EMBER_HOME": str(tmp_path / "home"), "EMBER_OFFLINE": "1"}
+    args = ("serve", "--host", "[::1]", "--port", str(port))
+    with ember_process(*args, env=env, log=log) as process:
+        wait_until_healthy(f"http://[::1]:{port}", process, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
