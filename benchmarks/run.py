@@ -115,7 +115,7 @@ def ensure_openvino(home: Path, model_folder: Path) -> bool:
         else:
             link.symlink_to(item)
     settings = json.loads((model_folder / "model.json").read_text(encoding="utf-8"))
-    settings.update(id=OPENVINO_MODEL, runtime="openvino")
+    settings.update(id=OPENVINO_MODEL, runtime="openvino", aliases=[])  # the names stay MiniLM's
     (folder / "model.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return True
 
