@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner, Result
+from tokenizers import Tokenizer, models
 
 from ember.cli import main
 from ember.engines.base import TokenBatch
@@ -338,6 +339,71 @@ def test_an_onnx_file_takes_its_limit_from_the_tokenizer_files(
     options = AddOptions(tokenizer=bert_folder.path, normalize=False)
     (settings,) = add_model(onnx_file, tmp_path / "models", options)
     assert (settings.ctx_len, settings.normalize) == (64, False)  # sentence_bert_config.json
+
+
+def lone_tokenizer(bert_folder: TinyBertFolder, folder: Path, *extra_words: str) -> Path:
+    """The folder's tokenizer.json alone (no files saying the model's limit), with words
+    appended to its vocabulary that the graph's embedding table has no rows for."""
+    folder.mkdir()
+    tokenizer = Tokenizer.from_file(str(bert_folder.path / "tokenizer.json"))
+    vocab = tokenizer.get_vocab()
+    for word in extra_words:
+        vocab[word] = len(vocab)
+    tokenizer.model = models.WordPiece(vocab, unk_token="[UNK]")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def test_an_onnx_file_gets_the_length_its_graph_takes(
+    onnx_file: Path, bert_folder: TinyBertFolder, home: Path, tmp_path: Path
+) -> None:
+    # Nothing beside the tokenizer says the limit, so 512 is the guess; the graph has 64
+    # positions, and inputs between the two failed in the engine (503) instead of a 400.
+    tokenizer = lone_tokenizer(bert_folder, tmp_path / "tokenizer")
+    add(onnx_file, home, "--tokenizer", str(tokenizer))
+    assert model_json(home, "tiny-bert-export")["ctx_len"] == 64
+    with (
+        serve_in_thread(ServerSettings(home=home)) as running,
+        httpx.Client(base_url=running.base_url, timeout=30) as client,
+    ):
+        long = client.post(
+            "/v1/embeddings", json={"model": "tiny-bert-export", "input": "hello " * 100}
+        )
+        cut = client.post(
+            "/v1/embeddings",
+            json={"model": "tiny-bert-export", "input": "hello " * 100, "truncate": True},
+        )
+    assert long.status_code == 400, long.text
+    assert long.json()["error"]["code"] == "context_length_exceeded"
+    assert cut.status_code == 200, cut.text
+
+
+def test_an_onnx_file_refuses_a_ctx_len_its_graph_cannot_take(
+    onnx_file: Path, bert_folder: TinyBertFolder, home: Path
+) -> None:
+    result = run_cli(
+        "models", "add", str(onnx_file), "--home", str(home),
+        "--tokenizer", str(bert_folder.path), "--ctx-len", "100",
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "does not run on 100 tokens" in result.output
+    assert "--ctx-len 64" in result.output
+    assert not (home / "models" / "tiny-bert-export").exists()
+
+
+def test_an_onnx_file_refuses_a_tokenizer_with_ids_past_its_vocabulary(
+    onnx_file: Path, bert_folder: TinyBertFolder, home: Path, tmp_path: Path
+) -> None:
+    # "hello world" is in both vocabularies; "zebra" only in the tokenizer's, and served it
+    # failed in the engine (503) on every request that held it.
+    tokenizer = lone_tokenizer(bert_folder, tmp_path / "tokenizer", "zebra", "giraffe")
+    result = run_cli(
+        "models", "add", str(onnx_file), "--home", str(home),
+        "--tokenizer", str(tokenizer), "--ctx-len", "64",
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "token id 27" in result.output
+    assert not (home / "models" / "tiny-bert-export").exists()
 
 
 def test_an_onnx_file_needs_a_tokenizer(onnx_file: Path, home: Path) -> None:

@@ -18,13 +18,18 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
+
+import numpy as np
 
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.hf_folder import is_hf_folder, register_hf_folder
 from ember.models.settings import SETTINGS_FILE, ModelSettings, parse_settings, write_settings
 from ember.models.staging import add_staging
 from ember.pooling import Pooling
+
+if TYPE_CHECKING:
+    from ember.engines.base import TokenIds, Vectors
 
 Report = Callable[[str], None]
 
@@ -282,7 +287,8 @@ def add_onnx_file(onnx_path: Path, models_dir: Path, options: AddOptions) -> Mod
             "dimensions": 1,
         }
         probe = parse_settings(raw, model_id)
-        settings = parse_settings({**raw, "dimensions": _probe_width(staging, probe)}, model_id)
+        width, ctx_len = _probe_graph(staging, probe, ctx_len_given=options.ctx_len is not None)
+        settings = parse_settings({**raw, "dimensions": width, "ctx_len": ctx_len}, model_id)
         write_settings(staging, settings)
     return settings
 
@@ -319,8 +325,14 @@ def _tokenizer_limit(source: Path) -> int | None:
     return None
 
 
-def _probe_width(folder: Path, settings: ModelSettings) -> int:
-    """Embed one short text to learn the vector width the graph really produces."""
+def _probe_graph(folder: Path, settings: ModelSettings, *, ctx_len_given: bool) -> tuple[int, int]:
+    """Run the graph to learn its vector width, and check it takes what the tokenizer makes.
+
+    Returns (width, ctx_len). The tokenizer's highest id must run, or every text holding it
+    would fail in the server. A ctx_len the graph cannot run (more tokens than its position
+    table) is refused when the user gave it, and otherwise, being only what the tokenizer files
+    or the default suggested, lowered to the longest input the graph runs.
+    """
     from ember.engines.base import TokenBatch
     from ember.engines.onnx import OnnxEngine
     from ember.models.tokenizer import TextTokenizer
@@ -332,15 +344,57 @@ def _probe_width(folder: Path, settings: ModelSettings) -> int:
         normalize_output=settings.normalize,
         threads=1,
     )
+    (sample,) = tokenizer.encode(["hello world"])
+
+    def run(ids: TokenIds) -> Vectors:
+        return engine.embed(TokenBatch([ids]))
+
     try:
-        vectors = engine.embed(TokenBatch(tokenizer.encode(["hello world"])))
-    except Exception as exc:  # ORT raises untyped errors for graphs it cannot run
-        raise InvalidModelSettings(f"{settings.model_file} does not run: {exc}") from exc
+        try:
+            vectors = run(sample)
+        except Exception as exc:  # ORT raises untyped errors for graphs it cannot run
+            raise InvalidModelSettings(f"{settings.model_file} does not run: {exc}") from exc
+        top = tokenizer.vocab_size - 1
+        if not _runs(run, np.insert(sample, 1, top)):
+            raise InvalidModelSettings(
+                f"{settings.model_file} fails on token id {top}, the tokenizer's highest: "
+                "the graph's vocabulary is smaller; is this the graph's own tokenizer?"
+            )
+        ctx_len = settings.ctx_len
+        if not _runs(run, np.resize(sample, ctx_len)):
+            longest = _longest_run(run, sample, len(sample), ctx_len)
+            if ctx_len_given:
+                raise InvalidModelSettings(
+                    f"{settings.model_file} does not run on {ctx_len} tokens, at most "
+                    f"{longest}: use --ctx-len {longest}"
+                )
+            ctx_len = longest
     finally:
         engine.close()
     if vectors.ndim != 2 or vectors.shape[1] < 1:
         raise InvalidModelSettings(f"{settings.model_file} returns shape {vectors.shape}")
-    return int(vectors.shape[1])
+    return int(vectors.shape[1]), ctx_len
+
+
+def _runs(run: Callable[[TokenIds], Vectors], ids: TokenIds) -> bool:
+    try:
+        run(ids)
+    except Exception:  # ORT raises untyped errors for inputs a graph cannot take
+        return False
+    return True
+
+
+def _longest_run(
+    run: Callable[[TokenIds], Vectors], sample: TokenIds, runs: int, fails: int
+) -> int:
+    """The longest input the graph runs, between a length that runs and one that fails."""
+    while fails - runs > 1:
+        middle = (runs + fails) // 2
+        if _runs(run, np.resize(sample, middle)):
+            runs = middle
+        else:
+            fails = middle
+    return runs
 
 
 # --- GGUF metadata --------------------------------------------------------------------------
