@@ -341,6 +341,56 @@ def test_an_onnx_file_takes_its_limit_from_the_tokenizer_files(
     assert (settings.ctx_len, settings.normalize) == (64, False)  # sentence_bert_config.json
 
 
+def test_an_onnx_file_brings_its_external_weights(
+    onnx_file: Path, bert_folder: TinyBertFolder, home: Path, tmp_path: Path
+) -> None:
+    # Exporters write graphs over 2 GB (and Ember its own) as model.onnx plus a data file the
+    # graph names; only model.onnx was copied in, so the add failed to load it.
+    export = tmp_path / "export"
+    export.mkdir()
+    onnx.save_model(
+        onnx.load(str(onnx_file)), str(export / "model.onnx"), save_as_external_data=True,
+        location="model.onnx_data",
+    )  # fmt: skip
+    result = add(
+        export / "model.onnx", home, "--tokenizer", str(bert_folder.path), "--id", "external"
+    )
+    assert "ready: external (onnx, 32 dims, embedding)" in result.output
+    folder = home / "models" / "external"
+    assert (folder / "model.onnx_data").is_file()
+    loaded = load_model(folder, read_settings(folder))
+    ids = loaded.tokenizer.encode(["the lazy dog"])
+    vectors = loaded.engine.embed(TokenBatch(ids))
+    loaded.engine.close()
+    np.testing.assert_allclose(
+        vectors, reference_vectors(bert_folder, ids, normalize=True), atol=1e-5
+    )
+
+
+def test_an_onnx_file_whose_weights_lie_outside_its_folder_is_refused(
+    onnx_file: Path, bert_folder: TinyBertFolder, home: Path, tmp_path: Path
+) -> None:
+    onnx.save_model(
+        onnx.load(str(onnx_file)), str(tmp_path / "model.onnx"), save_as_external_data=True,
+        location="weights.bin",
+    )  # fmt: skip
+    # The same graph one folder down, naming its weights by a path that climbs back out.
+    graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    (tmp_path / "export").mkdir()
+    moved = tmp_path / "export" / "model.onnx"
+    onnx.save_model(graph, str(moved))
+    result = run_cli(
+        "models", "add", str(moved), "--home", str(home), "--tokenizer", str(bert_folder.path)
+    )
+    assert result.exit_code != 0
+    assert "../weights.bin" in result.output
+    assert not (home / "models" / "model").exists()
+
+
 def lone_tokenizer(bert_folder: TinyBertFolder, folder: Path, *extra_words: str) -> Path:
     """The folder's tokenizer.json alone (no files saying the model's limit), with words
     appended to its vocabulary that the graph's embedding table has no rows for."""

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
@@ -275,6 +275,9 @@ def add_onnx_file(onnx_path: Path, models_dir: Path, options: AddOptions) -> Mod
     model_id = options.model_id or _safe_id(onnx_path.stem)
     with _staged_folder(models_dir, model_id) as staging:
         _link_or_copy(onnx_path, staging / onnx_path.name)
+        for location in _external_data_files(onnx_path):
+            (staging / location).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(onnx_path.parent / location, staging / location)
         tokenizer_source = _place_tokenizer(options.tokenizer, staging / TOKENIZER_FILE)
         raw: dict[str, Any] = {
             "id": model_id,
@@ -291,6 +294,44 @@ def add_onnx_file(onnx_path: Path, models_dir: Path, options: AddOptions) -> Mod
         settings = parse_settings({**raw, "dimensions": width, "ctx_len": ctx_len}, model_id)
         write_settings(staging, settings)
     return settings
+
+
+def _external_data_files(onnx_path: Path) -> list[str]:
+    """The files beside the graph that hold its weights (exporters write graphs over 2 GB as
+    model.onnx plus data files), as the graph names them; a name that leaves the graph's
+    folder or a file that is not there is refused."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # onnx raises DecodeError and others; the probe run reports bad files
+        return []
+    locations = sorted(_external_locations(model.graph))
+    for location in locations:
+        path = PurePosixPath(location.replace("\\", "/"))
+        if not path.parts or path.is_absolute() or ".." in path.parts:
+            raise InvalidModelSettings(
+                f"{onnx_path.name} keeps weights in {location!r}, outside its folder"
+            )
+        if not (onnx_path.parent / location).is_file():
+            raise InvalidModelSettings(
+                f"{onnx_path.name} keeps weights in {location!r}, which is not beside it"
+            )
+    return locations
+
+
+def _external_locations(graph: Any) -> set[str]:
+    """The external-data file names of a graph's tensors, its subgraphs' included."""
+    tensors = list(graph.initializer)
+    locations: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            tensors.extend([attribute.t] if attribute.HasField("t") else attribute.tensors)
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                locations |= _external_locations(subgraph)
+    for tensor in tensors:
+        locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
+    return locations
 
 
 def _place_tokenizer(given: Path, target: Path) -> Path:
