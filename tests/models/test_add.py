@@ -456,6 +456,21 @@ def test_an_onnx_file_refuses_a_tokenizer_with_ids_past_its_vocabulary(
     assert not (home / "models" / "tiny-bert-export").exists()
 
 
+def test_an_onnx_file_takes_sentence_transformers_limit_over_the_tokenizers(
+    onnx_file: Path, bert_folder: TinyBertFolder, tmp_path: Path
+) -> None:
+    # As all-MiniLM-L6-v2's files: tokenizer.json truncates at 128, sentence-transformers
+    # (and Ember's own import of the folder) at 256. The ONNX file took 128, so inputs the
+    # model serves elsewhere were refused or cut shorter.
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(bert_folder.path, folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(32)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (settings,) = add_model(onnx_file, tmp_path / "models", AddOptions(tokenizer=folder))
+    assert settings.ctx_len == 64  # sentence_bert_config.json
+
+
 def test_an_onnx_file_needs_a_tokenizer(onnx_file: Path, home: Path) -> None:
     result = run_cli("models", "add", str(onnx_file), "--home", str(home))
     assert result.exit_code != 0

@@ -350,17 +350,17 @@ def _place_tokenizer(given: Path, target: Path) -> Path:
 
 
 def _tokenizer_limit(source: Path) -> int | None:
-    """The length the tokenizer files say the model takes, if they say it."""
-    candidates: list[tuple[Path, str]] = [
-        (source.parent / "sentence_bert_config.json", "max_seq_length"),
-        (source.parent / "tokenizer_config.json", "model_max_length"),
+    """The length the tokenizer files say the model takes, if they say it: first
+    sentence-transformers' max_seq_length, which it applies over the tokenizer's own
+    truncation (all-MiniLM-L6-v2: 256, its tokenizer.json 128), as folder imports do."""
+    truncation = _read_json(source).get("truncation") if source.suffix == ".json" else None
+    candidates: list[tuple[dict[str, Any], str]] = [
+        (_read_json(source.parent / "sentence_bert_config.json"), "max_seq_length"),
+        (truncation if isinstance(truncation, dict) else {}, "max_length"),
+        (_read_json(source.parent / "tokenizer_config.json"), "model_max_length"),
     ]
-    if source.suffix == ".json":
-        truncation = _read_json(source).get("truncation") or {}
-        if isinstance(truncation.get("max_length"), int):
-            return int(truncation["max_length"])
-    for path, key in candidates:
-        value = _read_json(path).get(key) if path.is_file() else None
+    for found, key in candidates:
+        value = found.get(key)
         if isinstance(value, int) and 0 < value <= 1_000_000:
             return value
     return None
