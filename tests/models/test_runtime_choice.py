@@ -7,18 +7,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 
 from ember.engines.base import TokenBatch
 from ember.engines.onnx_graphs.bert import build_bert_graph
-from ember.errors import ModelLoadFailed
+from ember.errors import ModelLoadFailed, RuntimeMissing
 from ember.models.loader import load_model
-from ember.models.settings import ModelSettings
+from ember.models.settings import ModelSettings, write_settings
+from ember.settings import ServerSettings
 from tests.engines.test_bert_graph import tiny_config, tiny_weights
-from tests.support.models import write_tiny_tokenizer
+from tests.support.models import write_fake_model, write_tiny_tokenizer
 from tests.support.openvino import require_openvino
+from tests.support.server import serve_in_thread
 
 MODEL = "tiny-bert"
 
@@ -72,9 +75,27 @@ def test_openvino_asked_for_a_graph_it_cannot_run_fails_the_load(tmp_path: Path)
         load_model(model_folder(tmp_path, fused=True), settings(runtime="openvino"))
 
 
-def test_openvino_not_installed_is_a_clear_load_failure(
+def test_openvino_not_installed_answers_501_naming_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As for GGUF without llama.cpp (and as the README's table says): a missing runtime extra
+    # is 501, not the 503 model_load_failed of broken files, which clients retry.
+    models_dir = tmp_path / "home" / "models"
+    models_dir.mkdir(parents=True)
+    folder = model_folder(models_dir)
+    write_settings(folder, settings(runtime="openvino", tokenizer_file="tokenizer.json"))
+    write_fake_model(models_dir, "fake-model")
     monkeypatch.setitem(sys.modules, "openvino", None)  # what a missing package imports as
-    with pytest.raises(ModelLoadFailed, match=r"ember-embeddings\[openvino\]"):
-        load_model(model_folder(tmp_path), settings(runtime="openvino"))
+    with pytest.raises(RuntimeMissing, match=r"ember-embeddings\[openvino\]"):
+        load_model(folder, settings(runtime="openvino"))
+    with (
+        serve_in_thread(ServerSettings(home=tmp_path / "home")) as running,
+        httpx.Client(base_url=running.base_url, timeout=30) as client,
+    ):
+        missing = client.post("/v1/embeddings", json={"model": MODEL, "input": "hello"})
+        served = client.post("/v1/embeddings", json={"model": "fake-model", "input": "hello"})
+    assert missing.status_code == 501, missing.text
+    error = missing.json()["error"]
+    assert error["type"] == "not_implemented_error"
+    assert "pip install 'ember-embeddings[openvino]'" in error["message"]
+    assert served.status_code == 200

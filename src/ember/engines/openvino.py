@@ -27,7 +27,7 @@ import onnx
 from ember.engines.base import TokenBatch, Vectors
 from ember.engines.onnx import POOLED_OUTPUT, available_cores, first_line, graph_feeds
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
-from ember.errors import ModelLoadFailed
+from ember.errors import ModelLoadFailed, RuntimeMissing
 from ember.pooling import GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,9 @@ class OpenVinoEngine:
         try:
             import openvino as ov
         except ImportError as exc:
-            raise ModelLoadFailed(
-                "the openvino package is not installed (pip install 'ember-embeddings[openvino]')"
+            raise RuntimeMissing(
+                "runtime openvino needs the openvino package, which is not installed: "
+                "pip install 'ember-embeddings[openvino]'"
             ) from exc
         self._max_call_tokens = _call_limit(model_path)
         config = {
