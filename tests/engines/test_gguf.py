@@ -185,8 +185,11 @@ def test_ctx_len_past_learned_positions_is_refused(
 def test_a_file_llama_cpp_cannot_read_fails_to_load(llama_cpp: Any, tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
-    with pytest.raises(ModelLoadFailed, match=r"llama\.cpp cannot load broken\.gguf"):
+    with pytest.raises(ModelLoadFailed, match=r"llama\.cpp cannot load broken\.gguf") as failed:
         load_gguf(broken, max_tokens=16, pooling="mean", normalize_output=True)
+    # The message reaches API clients: the file's name, never where the models folder is (as
+    # ONNX Runtime's load errors are trimmed); llama.cpp's own message quoted the full path.
+    assert str(tmp_path) not in failed.value.message
 
 
 # --- served end to end -----------------------------------------------------------------------

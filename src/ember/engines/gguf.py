@@ -69,7 +69,9 @@ def load_gguf(
             verbose=False,
         )
     except (ValueError, RuntimeError, OSError) as exc:
-        raise ModelLoadFailed(f"llama.cpp cannot load {model_path.name}: {exc}") from exc
+        # llama-cpp-python quotes the full path; name the file only, never where the data is.
+        reason = str(exc).replace(str(model_path), model_path.name)
+        raise ModelLoadFailed(f"llama.cpp cannot load {model_path.name}: {reason}") from exc
     _check_positions(llama, llama_cpp, model_path, max_tokens)
     tokenizer = LlamaTokenizer(llama, max_tokens)
     engine = LlamaEngine(llama, llama_cpp, batch_size, normalize_output=normalize_output)
