@@ -17,19 +17,18 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
-
-import numpy as np
 
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.hf_folder import is_hf_folder, register_hf_folder
+from ember.models.onnx_probe import external_data_files, probe_graph
 from ember.models.settings import SETTINGS_FILE, ModelSettings, parse_settings, write_settings
 from ember.models.staging import add_staging
 from ember.pooling import Pooling
 
 if TYPE_CHECKING:
-    from ember.engines.base import TokenIds, Vectors
+    pass
 
 Report = Callable[[str], None]
 
@@ -275,7 +274,7 @@ def add_onnx_file(onnx_path: Path, models_dir: Path, options: AddOptions) -> Mod
     model_id = options.model_id or _safe_id(onnx_path.stem)
     with _staged_folder(models_dir, model_id) as staging:
         _link_or_copy(onnx_path, staging / onnx_path.name)
-        for location in _external_data_files(onnx_path):
+        for location in external_data_files(onnx_path):
             (staging / location).parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(onnx_path.parent / location, staging / location)
         tokenizer_source = _place_tokenizer(options.tokenizer, staging / TOKENIZER_FILE)
@@ -290,48 +289,12 @@ def add_onnx_file(onnx_path: Path, models_dir: Path, options: AddOptions) -> Mod
             "dimensions": 1,
         }
         probe = parse_settings(raw, model_id)
-        width, ctx_len = _probe_graph(staging, probe, ctx_len_given=options.ctx_len is not None)
+        width, ctx_len = probe_graph(
+            staging, probe, TOKENIZER_FILE, ctx_len_given=options.ctx_len is not None
+        )
         settings = parse_settings({**raw, "dimensions": width, "ctx_len": ctx_len}, model_id)
         write_settings(staging, settings)
     return settings
-
-
-def _external_data_files(onnx_path: Path) -> list[str]:
-    """The files beside the graph that hold its weights (exporters write graphs over 2 GB as
-    model.onnx plus data files), as the graph names them; a name that leaves the graph's
-    folder or a file that is not there is refused."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception:  # onnx raises DecodeError and others; the probe run reports bad files
-        return []
-    locations = sorted(_external_locations(model.graph))
-    for location in locations:
-        path = PurePosixPath(location.replace("\\", "/"))
-        if not path.parts or path.is_absolute() or ".." in path.parts:
-            raise InvalidModelSettings(
-                f"{onnx_path.name} keeps weights in {location!r}, outside its folder"
-            )
-        if not (onnx_path.parent / location).is_file():
-            raise InvalidModelSettings(
-                f"{onnx_path.name} keeps weights in {location!r}, which is not beside it"
-            )
-    return locations
-
-
-def _external_locations(graph: Any) -> set[str]:
-    """The external-data file names of a graph's tensors, its subgraphs' included."""
-    tensors = list(graph.initializer)
-    locations: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            tensors.extend([attribute.t] if attribute.HasField("t") else attribute.tensors)
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                locations |= _external_locations(subgraph)
-    for tensor in tensors:
-        locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
-    return locations
 
 
 def _place_tokenizer(given: Path, target: Path) -> Path:
@@ -364,78 +327,6 @@ def _tokenizer_limit(source: Path) -> int | None:
         if isinstance(value, int) and 0 < value <= 1_000_000:
             return value
     return None
-
-
-def _probe_graph(folder: Path, settings: ModelSettings, *, ctx_len_given: bool) -> tuple[int, int]:
-    """Run the graph to learn its vector width, and check it takes what the tokenizer makes.
-
-    Returns (width, ctx_len). The tokenizer's highest id must run, or every text holding it
-    would fail in the server. A ctx_len the graph cannot run (more tokens than its position
-    table) is refused when the user gave it, and otherwise, being only what the tokenizer files
-    or the default suggested, lowered to the longest input the graph runs.
-    """
-    from ember.engines.base import TokenBatch
-    from ember.engines.onnx import OnnxEngine
-    from ember.models.tokenizer import TextTokenizer
-
-    tokenizer = TextTokenizer(folder / TOKENIZER_FILE, settings.ctx_len)
-    engine = OnnxEngine(
-        folder / settings.model_file,
-        pooling=settings.pooling,
-        normalize_output=settings.normalize,
-        threads=1,
-    )
-    (sample,) = tokenizer.encode(["hello world"])
-
-    def run(ids: TokenIds) -> Vectors:
-        return engine.embed(TokenBatch([ids]))
-
-    try:
-        try:
-            vectors = run(sample)
-        except Exception as exc:  # ORT raises untyped errors for graphs it cannot run
-            raise InvalidModelSettings(f"{settings.model_file} does not run: {exc}") from exc
-        top = tokenizer.vocab_size - 1
-        if not _runs(run, np.insert(sample, 1, top)):
-            raise InvalidModelSettings(
-                f"{settings.model_file} fails on token id {top}, the tokenizer's highest: "
-                "the graph's vocabulary is smaller; is this the graph's own tokenizer?"
-            )
-        ctx_len = settings.ctx_len
-        if not _runs(run, np.resize(sample, ctx_len)):
-            longest = _longest_run(run, sample, len(sample), ctx_len)
-            if ctx_len_given:
-                raise InvalidModelSettings(
-                    f"{settings.model_file} does not run on {ctx_len} tokens, at most "
-                    f"{longest}: use --ctx-len {longest}"
-                )
-            ctx_len = longest
-    finally:
-        engine.close()
-    if vectors.ndim != 2 or vectors.shape[1] < 1:
-        raise InvalidModelSettings(f"{settings.model_file} returns shape {vectors.shape}")
-    return int(vectors.shape[1]), ctx_len
-
-
-def _runs(run: Callable[[TokenIds], Vectors], ids: TokenIds) -> bool:
-    try:
-        run(ids)
-    except Exception:  # ORT raises untyped errors for inputs a graph cannot take
-        return False
-    return True
-
-
-def _longest_run(
-    run: Callable[[TokenIds], Vectors], sample: TokenIds, runs: int, fails: int
-) -> int:
-    """The longest input the graph runs, between a length that runs and one that fails."""
-    while fails - runs > 1:
-        middle = (runs + fails) // 2
-        if _runs(run, np.resize(sample, middle)):
-            runs = middle
-        else:
-            fails = middle
-    return runs
 
 
 # --- GGUF metadata --------------------------------------------------------------------------
