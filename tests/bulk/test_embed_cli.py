@@ -224,6 +224,15 @@ def test_changed_input_refuses_to_resume_with_a_clear_message(
     assert len(output.read_text().splitlines()) == 30
 
 
+def embedded_ids(source: Path, output: Path, models_dir: Path, invoke: Invoke) -> list[object]:
+    """Embed `source` into `output` with the fake model; the ids the output holds, in order."""
+    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir", models_dir)
+    assert result.exit_code == 0, result.output
+    if output.suffix == ".jsonl":
+        return [record["id"] for record in read_jsonl(output)]
+    return list(pq.read_table(output).column("id").to_pylist())
+
+
 @pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
 def test_ids_past_int64_come_out_digit_for_digit(
     tmp_path: Path, fake_models_dir: Path, invoke: Invoke, output_format: OutputFormat
@@ -232,14 +241,7 @@ def test_ids_past_int64_come_out_digit_for_digit(
     source.write_text(
         '{"text": "a", "id": 99999999999999999999}\n{"text": "b", "id": 18446744073709551615}\n'
     )
-    output = tmp_path / f"v.{output_format}"
-    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir",
-                    fake_models_dir)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    if output_format == "jsonl":
-        ids = [record["id"] for record in read_jsonl(output)]
-    else:
-        ids = pq.read_table(output).column("id").to_pylist()
+    ids = embedded_ids(source, tmp_path / f"v.{output_format}", fake_models_dir, invoke)
     assert ids == ["99999999999999999999", "18446744073709551615"]
 
 
@@ -262,14 +264,7 @@ def test_boolean_and_object_ids_come_out_as_their_json_text(
     else:
         pq.write_table(pa.table({"id": [True, False, None], "text": ["a", "b", "c"]}), source)
         expected = ["true", "false", None]
-    output = tmp_path / f"v.{output_format}"
-    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir",
-                    fake_models_dir)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    if output_format == "jsonl":
-        ids = [record["id"] for record in read_jsonl(output)]
-    else:
-        ids = pq.read_table(output).column("id").to_pylist()
+    ids = embedded_ids(source, tmp_path / f"v.{output_format}", fake_models_dir, invoke)
     assert ids == expected
 
 
