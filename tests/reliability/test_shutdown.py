@@ -7,7 +7,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -67,18 +69,43 @@ def all_received(base_url: str, count: int) -> bool:
     return started + waiting == count
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
-    # One input per engine batch, 0.6 s each: six requests take about 3.6 s to drain.
-    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 0.6})
+@dataclass
+class BusyServer:
+    """A running `ember serve` whose "slow" model holds requests that are all queued or running."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    base_url: str
+    log: Path
+    threads: list[threading.Thread]
+    results: list[object]
+
+
+@contextmanager
+def busy_server(
+    tmp_path: Path, delay_seconds: float, texts: list[str], env: dict[str, str] | None = None
+) -> Iterator[BusyServer]:
+    """A server on a fake model taking `delay_seconds` per text, with `texts` sent, one request
+    each, and every one of them received (in an engine batch or queued) before it yields."""
+    write_fake_model(
+        tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": delay_seconds}
+    )
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    env = {"EMBER_HOME": str(tmp_path / "home")}
+    env = {"EMBER_HOME": str(tmp_path / "home"), **(env or {})}
     with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
         wait_until_healthy(base_url, process, log)
-        threads, results = send_all(base_url, TEXTS)
-        wait_for(lambda: all_received(base_url, len(TEXTS)))
+        threads, results = send_all(base_url, texts)
+        wait_for(lambda: all_received(base_url, len(texts)))
+        yield BusyServer(process, port, base_url, log, threads, results)
 
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    # One input per engine batch, 0.6 s each: six requests take about 3.6 s to drain.
+    with busy_server(tmp_path, 0.6, TEXTS) as busy:
+        process, port, base_url, log = busy.process, busy.port, busy.base_url, busy.log
+        threads, results = busy.threads, busy.results
         process.send_signal(signal.SIGTERM)
         wait_for(lambda: not accepts_connections(port), timeout=2)
         assert process.poll() is None, "exited before finishing in-flight requests"
@@ -99,15 +126,10 @@ def test_sigint_with_requests_outlasting_the_grace_period_exits_0_in_bounded_tim
     tmp_path: Path,
 ) -> None:
     """Ctrl-C, as SIGTERM: stop accepting, wait `shutdown_grace_seconds` at most, exit 0."""
-    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 0.5})
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    env = {"EMBER_HOME": str(tmp_path / "home"), "EMBER_SHUTDOWN_GRACE_SECONDS": "1"}
-    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
-        wait_until_healthy(base_url, process, log)
-        threads, results = send_all(base_url, TEXTS * 3)  # about 9 s of work
-        wait_for(lambda: all_received(base_url, len(TEXTS) * 3))
+    grace = {"EMBER_SHUTDOWN_GRACE_SECONDS": "1"}
+    with busy_server(tmp_path, 0.5, TEXTS * 3, grace) as busy:  # about 9 s of work
+        process, port, log = busy.process, busy.port, busy.log
+        threads, results = busy.threads, busy.results
         stopped = time.monotonic()
         process.send_signal(signal.SIGINT)
         wait_for(lambda: not accepts_connections(port), timeout=2)
@@ -150,15 +172,8 @@ def test_a_grace_period_is_read_as_seconds_not_truncated_and_inf_waits(
     tmp_path: Path, grace: str
 ) -> None:
     """0.9 s is not 0 (which cut every in-flight request); inf waits for them all."""
-    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 0.3})
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    env = {"EMBER_HOME": str(tmp_path / "home"), "EMBER_SHUTDOWN_GRACE_SECONDS": grace}
-    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
-        wait_until_healthy(base_url, process, log)
-        threads, results = send_all(base_url, ["hello"])
-        wait_for(lambda: all_received(base_url, 1))
+    with busy_server(tmp_path, 0.3, ["hello"], {"EMBER_SHUTDOWN_GRACE_SECONDS": grace}) as busy:
+        process, log, threads, results = busy.process, busy.log, busy.threads, busy.results
         process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(timeout=30)
@@ -174,15 +189,8 @@ def test_a_second_signal_cuts_in_flight_requests_short_and_exits_0_cleanly(
 ) -> None:
     """Ctrl-C twice: stop waiting, answer what is still running 503, exit 0 at once, and
     close the app as a first signal does, with no traceback in the log."""
-    write_fake_model(tmp_path / "models", "slow", ubatch_size=4, fake={"delay_seconds": 1.0})
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    env = {"EMBER_HOME": str(tmp_path / "home")}
-    with ember_process(*start_args(tmp_path / "models", port), env=env, log=log) as process:
-        wait_until_healthy(base_url, process, log)
-        threads, results = send_all(base_url, TEXTS)  # about 6 s of work
-        wait_for(lambda: all_received(base_url, len(TEXTS)))
+    with busy_server(tmp_path, 1.0, TEXTS) as busy:  # about 6 s of work
+        process, log, threads, results = busy.process, busy.log, busy.threads, busy.results
         stopped = time.monotonic()
         process.send_signal(signal.SIGINT)
         time.sleep(0.3)
