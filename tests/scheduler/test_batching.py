@@ -24,8 +24,9 @@ def make_job(loop: asyncio.AbstractEventLoop, *lengths: int) -> EmbeddingJob:
 
 
 def drain(pool: PendingPool) -> list[list[tuple[EmbeddingJob, int, int]]]:
+    """Every batch, taken as lanes take them: each after asking whether work is pending."""
     batches = []
-    while batch := pool.next_batch():
+    while pool and (batch := pool.next_batch()):
         batches.append([(item.job, item.index, item.length) for item in batch])
     return batches
 
@@ -108,9 +109,30 @@ def test_cancelled_jobs_are_dropped_before_they_cost_compute(
     pool.add(gone)
     pool.add(kept)
     gone.future.cancel()
+    run_one_step(loop)  # the pool hears of it on the loop's next step, as in the server
+    assert pool.queued_items == 2
     batches = drain(pool)
     assert all(job is kept for batch in batches for job, _, _ in batch)
     assert sum(len(batch) for batch in batches) == 2
+
+
+def test_a_job_ending_after_the_pool_said_it_had_work_still_leaves_a_batch(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A lane asks whether work is pending, then takes a batch: an end heard in between must
+    not leave it an empty batch to run."""
+    pool = PendingPool(token_budget=64)
+    job = make_job(loop, 8, 8)
+    pool.add(job)
+    assert pool
+    job.future.cancel()
+    run_one_step(loop)
+    assert len(pool.next_batch()) == 2
+    assert not pool
+
+
+def run_one_step(loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_until_complete(asyncio.sleep(0))
 
 
 def test_idle_lanes_split_one_request_between_them(loop: asyncio.AbstractEventLoop) -> None:
