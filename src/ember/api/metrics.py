@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -60,6 +62,30 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        # Labelled children, each looked up once: `labels()` checks and joins its label values
+        # on every call (four calls a request).
+        self._request_counters: dict[tuple[str, int], Any] = {}
+        self._latency_histograms: dict[str, Any] = {}
+        self._embedded_counters: dict[str, tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(route, str(status))
+        counter.inc()
+        histogram = self._latency_histograms.get(route)
+        if histogram is None:
+            histogram = self._latency_histograms[route] = self.latency.labels(route)
+        histogram.observe(seconds)
+
+    def count_embedded(self, model_id: str, inputs: int, tokens: int) -> None:
+        counters = self._embedded_counters.get(model_id)
+        if counters is None:
+            counters = self.inputs.labels(model_id), self.tokens.labels(model_id)
+            self._embedded_counters[model_id] = counters
+        counters[0].inc(inputs)
+        counters[1].inc(tokens)
 
     def observe_batch(self, sequences: int, padded_tokens: int) -> None:
         self.batch_sequences.observe(sequences)

@@ -39,18 +39,18 @@ class ObserveMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.latency.labels(route=route).observe(elapsed)
-            details: dict[str, Any] = scope.get("state", {}).get("access", {})
-            access_log.info(
-                "%s",
-                orjson.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 2),
-                        **details,
-                    }
-                ).decode(),
-            )
+            self.metrics.observe_request(route, status, elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                details: dict[str, Any] = scope.get("state", {}).get("access", {})
+                access_log.info(
+                    "%s",
+                    orjson.dumps(
+                        {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "latency_ms": round(elapsed * 1000, 2),
+                            **details,
+                        }
+                    ).decode(),
+                )

@@ -101,8 +101,7 @@ async def create_embeddings(request: Request) -> Response:
         vectors, cache_hits = await compute_vectors(request, state, model, prepared.sequences)
     except ClientGone:
         return Response(status_code=499)  # the client is gone; nobody reads this
-    state.metrics.inputs.labels(model=settings.id).inc(len(prepared.sequences))
-    state.metrics.tokens.labels(model=settings.id).inc(prepared.prompt_tokens)
+    state.metrics.count_embedded(settings.id, len(prepared.sequences), prepared.prompt_tokens)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
         vectors = shorten(vectors, body.dimensions, layer_norm=settings.matryoshka_layer_norm)
     content = (
