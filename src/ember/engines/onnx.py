@@ -50,7 +50,8 @@ class OnnxEngine:
     paired A/B runs; the same on an idle host in earlier sessions. Int8 graphs, whose small
     memory-bound operators gain little from a second thread: 1.55-1.75x fp32's. The second
     session is a second copy of the weights (MiniLM +91 MB; its token table is mapped, and
-    shared); `lanes: 1` never opens it.
+    shared); `lanes: 1` never opens it. `quiet` is for callers that run inputs expected to
+    fail (see session_options).
     """
 
     def __init__(
@@ -65,11 +66,14 @@ class OnnxEngine:
         threads: int | None = None,
         lanes: int | None = None,
         threads_per_lane: int = THREADS_PER_LANE,
+        quiet: bool = False,
     ) -> None:
         cores = threads or available_cores()
         self._lanes = lane_count(cores, lanes, threads_per_lane, gpu_layers)
-        self._session = _open_session(model_path, cores, gpu_layers)
-        self._lane_session = _LaneSession(model_path, max(1, cores // self._lanes), gpu_layers)
+        self._session = _open_session(model_path, cores, gpu_layers, quiet=quiet)
+        self._lane_session = _LaneSession(
+            model_path, max(1, cores // self._lanes), gpu_layers, quiet=quiet
+        )
         self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
         outputs = self._session.get_outputs()
         names = [output.name for output in outputs]
@@ -128,8 +132,9 @@ class _LaneSession:
     first of them comes; until it is open (or if it cannot be), calls take turns on the
     all-cores session instead: running beside each other there would oversubscribe it."""
 
-    def __init__(self, model_path: Path, threads: int, gpu_layers: int) -> None:
+    def __init__(self, model_path: Path, threads: int, gpu_layers: int, *, quiet: bool) -> None:
         self._open_args = (model_path, threads, gpu_layers)
+        self._quiet = quiet
         self._session: Any = None
         self._opening: threading.Thread | None = None
         self._turns = threading.Lock()
@@ -158,7 +163,7 @@ class _LaneSession:
 
     def _open(self) -> None:
         try:
-            self._session = _open_session(*self._open_args)
+            self._session = _open_session(*self._open_args, quiet=self._quiet)
         except Exception as exc:  # lanes keep taking turns on the all-cores session
             log.warning("cannot open a second session for lanes (%s): taking turns", exc)
 
@@ -168,9 +173,11 @@ class _LaneSession:
         self._session = None
 
 
-def session_options(threads: int) -> Any:
+def session_options(threads: int, *, quiet: bool = False) -> Any:
     """ONNX Runtime options as Ember runs its graphs: `threads` intra-op threads, one call's
-    operators one after another, every graph optimisation."""
+    operators one after another, every graph optimisation. ONNX Runtime prints errors itself
+    (severity 3) besides raising them; `quiet` (4, fatal only) is for runs expected to fail,
+    as probing a graph's limits, whose errors the caller handles."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -178,17 +185,19 @@ def session_options(threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
     return options
 
 
-def _open_session(model_path: Path, threads: int, gpu_layers: int) -> Any:
+def _open_session(model_path: Path, threads: int, gpu_layers: int, *, quiet: bool) -> Any:
     """An ONNX Runtime session on `threads` intra-op threads; ModelLoadFailed for bad files."""
     import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(
-            str(model_path), sess_options=session_options(threads), providers=_providers(gpu_layers)
+            str(model_path),
+            sess_options=session_options(threads, quiet=quiet),
+            providers=_providers(gpu_layers),
         )
     except Exception as exc:  # ORT raises its own untyped errors for bad files
         # ORT quotes the full path; name the file only, never where the data folder is.

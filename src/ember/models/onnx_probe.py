@@ -69,11 +69,14 @@ def probe_graph(
     from ember.models.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(folder / tokenizer_file, settings.ctx_len)
+    # Quiet: the length search fails runs on purpose, and ONNX Runtime would print an ERROR
+    # line for each before the add reports ready; the failures that matter are raised below.
     engine = OnnxEngine(
         folder / settings.model_file,
         pooling=settings.pooling,
         normalize_output=settings.normalize,
         threads=1,
+        quiet=True,
     )
     (sample,) = tokenizer.encode(["hello world"])
 
