@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
+from ember.api.server import GracefulServer
 from tests.reliability.expect import assert_error, metric
 from tests.support.models import write_fake_model
 from tests.support.process import ember_process, wait_until_healthy
@@ -101,12 +103,17 @@ def busy_server(
         yield BusyServer(process, port, base_url, log, threads, results)
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda sig: sig.name)
+def test_sigterm_or_sighup_finishes_in_flight_requests_and_exits_0(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """SIGHUP (the terminal the server ran in was closed) stops it as SIGTERM does, not at
+    once as Python's default action would."""
     # One input per engine batch, 0.6 s each: six requests take about 3.6 s to drain.
     with busy_server(tmp_path, 0.6, TEXTS) as busy:
         process, port, base_url, log = busy.process, busy.port, busy.base_url, busy.log
         threads, results = busy.threads, busy.results
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         wait_for(lambda: not accepts_connections(port), timeout=2)
         assert process.poll() is None, "exited before finishing in-flight requests"
         for thread in threads:
@@ -120,6 +127,19 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base_url}/health", timeout=2)
     assert "Traceback" not in log.read_text()
+
+
+def test_an_ignored_sighup_stays_ignored_so_nohup_keeps_the_server_running() -> None:
+    """`nohup ember serve` asks for the server to outlive its terminal; SIGTERM still stops it."""
+    server = GracefulServer(uvicorn.Config(app=lambda scope, receive, send: None))
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with server.capture_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == server._ask_to_exit
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_sigint_with_requests_outlasting_the_grace_period_exits_0_in_bounded_time(

@@ -1,4 +1,4 @@
-"""Runs the app under uvicorn with a graceful, zero-exit shutdown on SIGTERM and SIGINT."""
+"""Runs the app under uvicorn with a graceful, zero-exit shutdown on SIGTERM, SIGINT and SIGHUP."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 from collections.abc import Generator
 from types import FrameType
 
@@ -19,21 +20,29 @@ from ember.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+# SIGHUP too: closing the terminal a server runs in sends it, and its default action kills the
+# process at once, losing in-flight requests.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+if sys.platform != "win32":
+    STOP_SIGNALS += (signal.SIGHUP,)
+
 
 class GracefulServer(uvicorn.Server):
     """Stops accepting, lets in-flight requests finish (bounded), then returns normally.
 
     uvicorn re-raises the signal after its shutdown, so a supervisor would see a death by
-    SIGTERM; a service asked to stop that stopped cleanly should exit 0.
+    SIGTERM; a service asked to stop that stopped cleanly should exit 0. An ignored SIGHUP
+    stays ignored: `nohup ember serve` asked for the server to outlive its terminal.
     """
 
     _cut_short = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, self._ask_to_exit)
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig, handler in previous.items():
+            if not (sig.name == "SIGHUP" and handler is signal.SIG_IGN):
+                signal.signal(sig, self._ask_to_exit)
         try:
             yield
         finally:
