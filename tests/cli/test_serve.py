@@ -158,3 +158,25 @@ def test_an_ipv6_host_in_brackets_is_served_as_without_them(tmp_path: Path) -> N
         wait_until_healthy(f"http://[::1]:{port}", process, log)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--host", "nope.invalid"], {}, "--host 'nope.invalid'"),
+        (["--insecure"], {"EMBER_HOST": "nope.invalid"}, "EMBER_HOST 'nope.invalid'"),
+    ],
+)
+def test_a_host_that_does_not_resolve_is_one_error_line_naming_it(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    """uvicorn's own "[Errno -2] Name or service not known" named neither host nor flag.
+    The name is checked first: without a key, asking for one would not help."""
+    code, output = serve_and_wait(tmp_path, *args, env=env)
+    assert code == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, output
+    assert named in errors[0]
+    assert "does not resolve" in errors[0]
+    assert "Traceback" not in output
+    assert "Uvicorn running" not in output

@@ -43,16 +43,20 @@ def settings_from(**flags: Any) -> ServerSettings:
         raise click.UsageError(_described(exc, flags)) from exc
 
 
+def setting_source(field: str, flags: dict[str, Any]) -> str:
+    """Where a setting's value came from, as the user wrote it: its flag or its variable."""
+    if flags.get(field) is not None:
+        return "--" + field.replace("_", "-")
+    return "EMBER_" + field.upper()
+
+
 def _described(exc: ValidationError, flags: dict[str, Any]) -> str:
     """Each invalid value as the flag or variable it came from, its value and why, on one
     line (pydantic's own text names fields, not EMBER_* variables, over several lines)."""
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
-        if flags.get(field) is not None:
-            source = "--" + field.replace("_", "-")
-        else:
-            source = "EMBER_" + field.upper()
+        source = setting_source(field, flags)
         reason = str(error["msg"]).removeprefix("Value error, ")
         problems.append(f"Invalid value for {source}: {error['input']!r}: {reason}.")
     return " ".join(problems)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import click
 
 from ember.api.hosts import is_loopback
-from ember.cli.options import home_options, settings_from
+from ember.cli.options import home_options, setting_source, settings_from
 from ember.errors import EmberError
 from ember.models.catalog import DEFAULT_MODEL_ID
 from ember.models.manage import pull_and_register, registered_ids
@@ -45,6 +46,7 @@ def serve(log_level: str, **flags: object) -> None:
     models_dir = settings.resolved_models_dir
     if models_dir.exists() and not models_dir.is_dir():
         raise click.UsageError(f"{models_dir} is a file, not a folder of models.")
+    _check_host_resolves(settings, setting_source("host", flags))
     if not is_loopback(settings.host) and not settings.api_key and not settings.insecure:
         raise click.UsageError(
             f"Refusing to serve on {settings.host} without an API key: anyone who can reach "
@@ -64,6 +66,21 @@ def serve(log_level: str, **flags: object) -> None:
         run_server(settings, log_level=log_level)
     except EmberError as exc:  # the app could not be built (its cache file, say)
         raise click.ClickException(exc.message) from exc
+
+
+def _check_host_resolves(settings: ServerSettings, source: str) -> None:
+    """Resolve the bind address as asyncio will, before any model work: uvicorn's own error
+    ("[Errno -2] Name or service not known") names neither the host nor where it was set."""
+    try:
+        # asyncio binds every interface for "", which getaddrinfo spells None.
+        socket.getaddrinfo(
+            settings.host or None, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise click.UsageError(
+            f"Cannot serve on {source} {settings.host!r}: the name does not resolve "
+            f"({exc.strerror})."
+        ) from exc
 
 
 def _ensure_a_model(settings: ServerSettings) -> None:
