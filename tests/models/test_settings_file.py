@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from ember.errors import InvalidModelSettings
+from ember.models.settings import ModelSettings, parse_settings, read_settings, write_settings
 from tests.support.models import write_fake_model
 
 
@@ -21,3 +25,56 @@ def test_a_model_json_saved_with_a_bom_is_read(tmp_path: Path) -> None:
         check=True,
     )
     assert result.stdout.split() == ["with-bom", "fake", "8", "dims", "16", "tokens", "embedding"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("normalize", "yes", "Input should be a valid boolean"),
+        ("ctx_len", "512", "Input should be a valid integer"),
+        ("embedding", 1, "Input should be a valid boolean"),
+    ],
+)
+def test_a_hand_edited_value_of_the_wrong_type_is_refused_not_guessed(
+    tmp_path: Path, field: str, value: object, problem: str
+) -> None:
+    # Read leniently, "yes" served normalised vectors and "512" a 512-token limit: a typo
+    # changed what the model did instead of saying what was wrong.
+    folder = write_fake_model(tmp_path / "models", "edited", **{field: value})
+    with pytest.raises(InvalidModelSettings) as raised:
+        read_settings(folder)
+    assert raised.value.message == f"edited: invalid model.json: {field}: {problem}"
+
+
+def test_what_json_writes_one_way_still_reads(tmp_path: Path) -> None:
+    folder = write_fake_model(
+        tmp_path / "models", "plain",
+        keep_alive=300, int8_min_cosine=1,  # whole numbers where floats are expected
+        lanes=None, onnx_output=None, token_ids="model", pooling="cls", runtime="openvino",
+        matryoshka_dimensions=[4], prompts={"query": "search_query: "}, aliases=["p"],
+        notes={"by": "hand", "normalize": "yes"},  # unknown keys stay free-form
+    )  # fmt: skip
+    settings = read_settings(folder)
+    assert (settings.keep_alive, settings.int8_min_cosine, settings.lanes) == (300.0, 1.0, None)
+    assert (settings.token_ids, settings.pooling, settings.runtime) == ("model", "cls", "openvino")
+    assert settings.matryoshka_dimensions == [4]
+
+
+def test_every_field_ember_writes_reads_back(tmp_path: Path) -> None:
+    # As importers assemble settings (parse_settings) and write them (write_settings).
+    written = parse_settings(
+        {
+            "id": "full", "engine": "onnx", "embedding": False, "model_file": "m.onnx",
+            "onnx_output": "461", "tokenizer_file": None, "ubatch_size": 128, "lanes": 2,
+            "runtime": "openvino",
+            "ctx_len": 64, "pooling": "lasttoken", "normalize": False, "quantize": "int8",
+            "int8_min_cosine": 0.99, "dimensions": 8, "matryoshka_dimensions": [4, 2],
+            "matryoshka_layer_norm": True, "prompts": {"q": "query: "}, "default_prompt": "q",
+            "aliases": ["f"], "token_ids": "cl100k", "ngl": 3, "keep_alive": 1.5,
+            "architecture": "bert",
+        },
+        "full",
+    )  # fmt: skip
+    assert set(ModelSettings.model_fields) <= written.model_fields_set
+    write_settings(tmp_path, written)
+    assert read_settings(tmp_path) == written

@@ -106,29 +106,45 @@ class ModelSettings(BaseModel):
 
 
 def read_settings(folder: Path) -> ModelSettings:
-    """Read and validate `folder/model.json`, with a message that names the problem."""
+    """Read and validate `folder/model.json`, with a message that names the problem.
+
+    Types are strict, as the file is hand-edited: `"normalize": "yes"`, `"ctx_len": "512"` or
+    `"embedding": 1` are refused rather than guessed at. Strict on the JSON text, not on a
+    parsed dict, so it asks only for what JSON can say: strings still read as enums (should a
+    field become one), whole numbers as floats.
+    """
     path = folder / SETTINGS_FILE
     try:  # utf-8-sig: Windows editors may start the file with a byte-order mark
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        json.loads(text)  # syntax errors keep the json module's line and column message
     except FileNotFoundError as exc:
         raise InvalidModelSettings(f"{folder.name}: no {SETTINGS_FILE}", folder.name) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidModelSettings(
             f"{folder.name}: {SETTINGS_FILE} is not valid JSON ({exc})", folder.name
         ) from exc
-    return parse_settings(raw, folder.name)
+    try:
+        return ModelSettings.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise _invalid(folder.name, exc) from exc
 
 
 def parse_settings(raw: Any, name: str) -> ModelSettings:
-    """Validate a settings mapping; `name` labels errors."""
+    """Validate a settings mapping Ember assembles (importers, the catalog); `name` labels
+    errors. Lax, unlike read_settings: its values come from code and the files it imports."""
     try:
         return ModelSettings.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise InvalidModelSettings(f"{name}: invalid {SETTINGS_FILE}: {problems}", name) from exc
+        raise _invalid(name, exc) from exc
+
+
+def _invalid(name: str, exc: ValidationError) -> InvalidModelSettings:
+    """One line naming each field and its problem."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return InvalidModelSettings(f"{name}: invalid {SETTINGS_FILE}: {problems}", name)
 
 
 def write_settings(folder: Path, settings: ModelSettings) -> None:
