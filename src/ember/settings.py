@@ -85,7 +85,9 @@ class ServerSettings(BaseSettings):
         default=5.0, gt=0, description="How often models past their keep_alive are unloaded."
     )
     shutdown_grace_seconds: float = Field(
-        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, SIGINT or SIGHUP, how long in-flight requests may finish.",
     )
 
     @field_validator("allowed_hosts", "cors_origins", mode="before")
