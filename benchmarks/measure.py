@@ -90,8 +90,12 @@ class Results:
             others_share=max(result.others_share for result in rounds),
         )
 
-    def peak_for(self, workload: str, fallback: float) -> float:
-        return self.peaks.get(workload, fallback)
+    def highest_peak(self, others: Sequence[float]) -> float:
+        """The highest fp32 peak of the run: around any group, or in `others` (its start and
+        end). A peak measured in a slow spell of the host would flatter the workloads beside it
+        (a 215 GFLOP/s reading against 307 elsewhere in one run put passages at 92%), so every
+        share is taken of the highest."""
+        return max([*others, *self.peaks.values()])
 
     def paired(
         self,
@@ -187,8 +191,8 @@ def measure(
     """Every group of workloads in turn: warm-up, then `plan.rounds` alternating rounds.
 
     `peak` measures the fp32 peak around each group: the machine's speed drifts when it is
-    a virtual machine whose neighbours are invisible to it, so % of peak compares a
-    workload with the peak of the same minutes.
+    a virtual machine whose neighbours are invisible to it, so the report shows each group's
+    peak beside the run's highest, which every share is taken of (see Results.highest_peak).
     """
     results = Results()
     monitor = OthersMonitor()

@@ -53,9 +53,7 @@ def workload_rows(
                 ratios = [
                     _times(advantage(results, workload.name, peer, workload.kind)) for peer in PEERS
                 ]
-            share = (
-                summary.tokens_per_second * flops_per_token / results.peak_for(workload.name, peak)
-            )
+            share = summary.tokens_per_second * flops_per_token / peak
             rows.append(
                 [
                     workload.title if first else "",
@@ -94,7 +92,7 @@ def startup_rows(extras: Extras) -> list[list[str]]:
 def render(
     results: Results, workloads: Sequence[Workload], shape: EncoderShape, extras: Extras
 ) -> str:
-    peak = extras.peak
+    peak = results.highest_peak(extras.peak_flops)
     peaks = ", ".join(f"{value / 1e9:.0f}" for value in extras.peak_flops)
     around = (
         ", ".join(f"{value / 1e9:.0f}" for value in dict.fromkeys(results.peaks.values()))
@@ -112,8 +110,8 @@ def render(
         "vs llama.cpp",
     ]
     parts = [
-        f"fp32 peak (numpy SGEMM, 2 threads): {peak / 1e9:.0f} GFLOP/s (start and end: {peaks}; "
-        f"around each workload: {around}); "
+        f"fp32 peak (numpy SGEMM, 2 threads): {peak / 1e9:.0f} GFLOP/s, the run's highest, "
+        f"which every % of peak is of (start and end: {peaks}; around each workload: {around}); "
         f"MiniLM {shape.layers}x{shape.hidden}/{shape.intermediate}: "
         f"{2 * shape.matmul_weights / 1e6:.1f} MFLOP/token + attention 4*n*H*L",
         "",

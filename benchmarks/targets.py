@@ -99,7 +99,7 @@ def target_rows(
         share = None
         if passages is not None and "passages" in by_name:
             tokens = by_name["passages"].tokens
-            peak = results.peak_for("passages", extras.peak)
+            peak = results.highest_peak(extras.peak_flops)
             share = passages.tokens_per_second * shape.flops(tokens) / sum(tokens) / peak
         name = f"{label}: >= 80% of fp32 peak"
         if share is not None and share > 1.0:  # the peak run was slowed by other processes
