@@ -76,7 +76,7 @@ async def create_embeddings(request: Request) -> Response:
     entry = state.registry.find(body.model)
     if entry.settings is not None and not entry.settings.embedding:
         raise ModelNotEmbedding("Model does not support embeddings", entry.model_id)
-    model = await state.registry.acquire(body.model)
+    model = await state.registry.load(entry)
     settings = model.settings
     if body.dimensions is not None:
         _check_dimensions(

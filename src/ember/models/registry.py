@@ -148,7 +148,10 @@ class ModelRegistry:
 
     async def acquire(self, name: str, *, reload: bool = False) -> LoadedModel:
         """The loaded model named `name`, loading it first if needed (once, however many ask)."""
-        entry = self.find(name)
+        return await self.load(self.find(name), reload=reload)
+
+    async def load(self, entry: RegisteredModel, *, reload: bool = False) -> LoadedModel:
+        """`entry` (as `find` just gave it) loaded, loading it first if needed."""
         if entry.settings is None:
             raise InvalidModelSettings(entry.problem or "invalid settings", entry.model_id)
         entry.last_used = time.monotonic()
