@@ -65,7 +65,7 @@ class RegisteredModel:
         Asked on every request (twice), so it is one `stat` of a path made once: the
         path joined anew each time cost 5 us, the `stat` alone 1.3.
         """
-        return _file_identity(self._settings_path) != self.identity
+        return settings_identity(self._settings_path) != self.identity
 
 
 class ModelRegistry:
@@ -105,7 +105,9 @@ class ModelRegistry:
                 problem = None
             except EmberError as exc:
                 settings, problem = None, exc.message
-            entry = RegisteredModel(folder, settings, problem, folder_identity(folder))
+            entry = RegisteredModel(
+                folder, settings, problem, settings_identity(folder / SETTINGS_FILE)
+            )
             if entry.model_id in found:
                 clashes.append(_clash(entry.model_id, found[entry.model_id], entry))
                 continue
@@ -242,16 +244,12 @@ class ModelRegistry:
         )
 
 
-def folder_identity(folder: Path) -> tuple[int, int, int] | None:
-    """Device, inode and mtime of a model folder's model.json; None once it is gone.
+def settings_identity(path: str | Path) -> tuple[int, int, int] | None:
+    """Device, inode and mtime of a model folder's model.json at `path`; None once it is gone.
 
     A folder removed and added again may reuse the old folder's inode, but its model.json is
     written anew, so this tells them apart; rewriting model.json counts as a change too.
     """
-    return _file_identity(folder / SETTINGS_FILE)
-
-
-def _file_identity(path: str | Path) -> tuple[int, int, int] | None:
     try:
         stat = os.stat(path)
     except OSError:
