@@ -1,12 +1,13 @@
 """Ember's ONNX engine called directly in this process: the floor the HTTP server adds to.
 
-Batches are formed as the server's scheduler forms them: texts sorted by length, each engine
-call filled until its padded size would pass the model's token budget (ubatch_size); several
+Batches are formed by the server's own pending pool (texts sorted by length, each engine call
+within the model's token budget, ubatch_size, the work split evenly over idle lanes); several
 run on the engine's lanes at once, a lone one `alone` on every core, as the scheduler runs them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ember.engines.base import TokenBatch, TokenIds, embed_on_lanes
 from ember.engines.onnx import OnnxEngine
 from ember.models.settings import read_settings
 from ember.models.tokenizer import TextTokenizer
+from ember.scheduler.batching import EmbeddingJob, PendingPool
 
 
 class EngineSystem:
@@ -41,16 +43,22 @@ class EngineSystem:
         return self._tokens[workload.name]
 
     def _plan(self, sequences: list[TokenIds]) -> list[TokenBatch]:
-        batches: list[TokenBatch] = []
-        current: list[TokenIds] = []
-        for sequence in sorted(sequences, key=len):
-            if current and len(sequence) * (len(current) + 1) > self._budget:
-                batches.append(TokenBatch(current))
-                current = []
-            current.append(sequence)
-        if current:
-            batches.append(TokenBatch(current))
-        return batches
+        """The batches the scheduler's pending pool makes of one request that finds every
+        lane idle: the first spread over all lanes, each further one over the lanes still
+        idle, then one lane at a time (each lane takes the next when it is free)."""
+        loop = asyncio.new_event_loop()
+        try:
+            pool = PendingPool(self._budget)
+            pool.add(EmbeddingJob(sequences, loop.create_future()))
+            batches: list[TokenBatch] = []
+            idle = self._engine.lanes
+            while pool:
+                batch = pool.next_batch(share=idle)
+                batches.append(TokenBatch([sequences[item.index] for item in batch]))
+                idle = max(1, idle - 1)
+            return batches
+        finally:
+            loop.close()
 
     def batch(self, workload: Workload) -> float:
         plan = self._plan(self._ids(workload))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from ember.scheduler.batching import EmbeddingJob, PendingPool
+from ember.scheduler.batching import EmbeddingJob, PendingPool, WorkItem, balanced_budget
 
 
 @pytest.fixture
@@ -142,6 +144,64 @@ def test_idle_lanes_split_one_request_between_them(loop: asyncio.AbstractEventLo
     second = pool.next_batch(share=1)
     assert (len(first), len(second)) == (16, 16)
     assert not pool.next_batch()
+
+
+def padded(batch: list[WorkItem]) -> int:
+    return max(item.length for item in batch) * len(batch)
+
+
+def test_one_idle_lane_takes_all_pending_work_whose_padded_cost_fits(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Padding makes sorted work cost more than its tokens: 30 sentences of 17-18 tokens
+    (522 tokens, 540 padded) are one call under a 1,024 budget, not a call and a tail."""
+    pool = PendingPool(token_budget=1024)
+    pool.add(make_job(loop, *([17] * 18 + [18] * 12)))
+    assert len(pool.next_batch(share=1)) == 30
+    assert not pool
+
+
+def test_idle_lanes_split_one_request_so_they_finish_together(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The benchmark's 64 sentences of 14-18 tokens: two calls whose padded costs are as even
+    as sorted runs allow (the busier lane decides when the request is done)."""
+    rng = np.random.default_rng(20240611)
+    for _ in range(200):
+        lengths = sorted(int(length) for length in rng.integers(14, 19, size=64))
+        pool = PendingPool(token_budget=2048)
+        pool.add(make_job(loop, *lengths))
+        first = pool.next_batch(share=2)
+        second = pool.next_batch(share=1)
+        assert not pool, "two idle lanes, two calls"
+        best = min(
+            max(lengths[split - 1] * split, lengths[-1] * (64 - split)) for split in range(1, 64)
+        )
+        assert max(padded(first), padded(second)) == best
+
+
+def run_cost(lengths: list[int], start: int, stop: int) -> int:
+    """A run's padded cost as a budget counts it: one sequence runs alone whatever its length."""
+    return lengths[stop - 1] * (stop - start) if stop - start > 1 else 0
+
+
+def test_balanced_budget_is_the_least_cost_of_a_split_into_runs() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        lengths = sorted(
+            int(length) for length in rng.integers(1, 60, size=int(rng.integers(1, 9)))
+        )
+        parts = int(rng.integers(1, 4))
+        ceiling = int(rng.integers(1, 400))
+        floor = min(ceiling, -(-sum(lengths) // parts))
+        splits = itertools.combinations(range(1, len(lengths)), min(parts, len(lengths)) - 1)
+        costs = [
+            max(run_cost(lengths, *run) for run in pairwise((0, *cut, len(lengths))))
+            for cut in splits
+        ]
+        fitting = [cost for cost in costs if cost <= ceiling]
+        want = max(floor, min(fitting)) if fitting else ceiling
+        assert balanced_budget(lengths, parts, floor, ceiling) == want, (lengths, parts, ceiling)
 
 
 def test_whole_batch_says_whether_a_lone_job_leaves_the_pool_in_one_batch(

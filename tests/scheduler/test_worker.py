@@ -96,7 +96,8 @@ def test_a_fault_in_one_lane_fails_only_its_request_and_the_model_is_reloaded() 
     failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     assert failed, "the batch holding the failing token must fail"
     assert all(type(outcome).__name__ == "EngineFailure" for outcome in failed)
-    assert len(failed) <= 3, "only the failing batch (at most half the pending work) fails"
+    # Two idle lanes split the 7 pending one-sequence requests 4 + 3 at most.
+    assert len(failed) <= 4, "only the failing batch (one lane's share of the work) fails"
     reference = FakeEngine(8, {})
     for n, outcome in enumerate(outcomes[1:]):
         if not isinstance(outcome, BaseException):
