@@ -3,6 +3,8 @@ GPU runs one lane; a call made alone runs on every core, with the same vectors."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,3 +85,31 @@ def test_lanes_running_at_once_give_the_vectors_of_one_call(graph_file: Path) ->
     alone = engine(graph_file, lanes=1)
     for batch, vectors in zip(batches, together, strict=True):
         np.testing.assert_allclose(vectors, alone.embed(batch), atol=1e-6)
+
+
+EXIT_WITHOUT_CLOSE = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ember.engines.base import TokenBatch
+from ember.engines.onnx import OnnxEngine
+
+engine = OnnxEngine(Path(sys.argv[1]), pooling="mean", normalize_output=True, threads=2, lanes=2)
+engine.embed(TokenBatch([np.arange(1, 6, dtype=np.int64)]))  # starts opening the lane session
+"""
+
+
+def test_a_process_exiting_while_the_lane_session_opens_exits_cleanly(graph_file: Path) -> None:
+    """A program that never closes its engine ends as the lane session opens: it used to
+    abort ("terminate called without an active exception", status 134) every time."""
+    for _ in range(3):
+        finished = subprocess.run(
+            [sys.executable, "-c", EXIT_WITHOUT_CLOSE, str(graph_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert finished.returncode == 0, finished.stderr
+        assert "terminate called" not in finished.stderr

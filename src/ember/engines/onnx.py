@@ -156,9 +156,10 @@ class _LaneSession:
     def _start_opening(self) -> None:
         with self._turns:
             if self._opening is None:
-                self._opening = threading.Thread(
-                    target=self._open, name="open-lane-session", daemon=True
-                )
+                # Not a daemon: the interpreter waits for it at exit. A daemon thread still
+                # inside ONNX Runtime when the process ended (an engine never closed) aborted
+                # it with "terminate called without an active exception".
+                self._opening = threading.Thread(target=self._open, name="open-lane-session")
                 self._opening.start()
 
     def _open(self) -> None:
