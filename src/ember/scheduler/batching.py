@@ -147,8 +147,8 @@ class PendingPool:
 
         Its lanes finish together, as the longest decides when a request is done. The even
         share of the tokens is not enough: padding makes the runs of sorted lengths cost more
-        than their tokens, so 64 sentences of 14-18 tokens split as 512 + 540 + 36 padded
-        tokens in three calls (one lane ran two) instead of 544 + 540.
+        than their tokens, so 30 sentences of 14-18 tokens (480 in all, 512 the budget) split
+        as 240 + 252 + 18 padded tokens in three calls (one lane ran two) instead of 256 + 252.
         """
         even = -(-pending_tokens // max(1, share))
         if even >= self.token_budget:
