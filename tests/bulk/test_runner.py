@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from ember.bulk import runner
 from ember.bulk.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, save_checkpoint
-from ember.bulk.errors import CheckpointMismatch
+from ember.bulk.errors import CheckpointMismatch, OutputBusy
 from ember.bulk.formats import OutputFormat
 from ember.bulk.runner import BulkJob, EmbedOptions, Summary, run_job, token_batches
 from ember.bulk.writers import has_partial
@@ -203,3 +204,47 @@ def test_batches_run_on_the_engines_lanes_with_the_vectors_of_one_lane(tmp_path:
         assert summary.rows == ROWS
         outputs.append(job.output_path.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+class RunsAnotherMidway:
+    """A progress report that, once `rows` rows are embedded, runs `other` (a second run on
+    the same output, as from another terminal) and records what it raised."""
+
+    def __init__(self, rows: int, other: Callable[[], object]) -> None:
+        self.rows, self.other = rows, other
+        self.seen = 0
+        self.raised: list[Exception] = []
+
+    def start(self, total_rows: int, done_rows: int) -> None:
+        self.seen = done_rows
+
+    def advance(self, rows: int, tokens: int) -> None:
+        before, self.seen = self.seen, self.seen + rows
+        if before < self.rows <= self.seen:
+            try:
+                self.other()
+            except Exception as exc:
+                self.raised.append(exc)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "npy"])
+def test_a_second_run_on_an_output_being_written_is_refused(
+    tmp_path: Path, fake_models_dir: Path, output_format: OutputFormat
+) -> None:
+    write_input(tmp_path / "input.txt")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    write_input(reference / "input.txt")
+    run(fake_models_dir, make_job(reference, output_format))
+    job = make_job(tmp_path, output_format)
+
+    def restarted_then_stopped() -> None:  # a --restart run on the same output, then Ctrl-C
+        run(fake_models_dir, job, restart=True, progress=StopAfter(9))
+
+    first = RunsAnotherMidway(20, restarted_then_stopped)
+    run(fake_models_dir, job, progress=first)
+    assert [type(exc) for exc in first.raised] == [OutputBusy]
+    assert "already writing" in str(first.raised[0])
+    # The first run's output is whole: the second one did not swap its partial file in.
+    assert job.output_path.read_bytes() == (reference / job.output_path.name).read_bytes()
+    assert [path.name for path in tmp_path.glob("out*")] == [job.output_path.name]

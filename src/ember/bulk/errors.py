@@ -6,6 +6,7 @@ The tree (each is an `ember.errors.EmberError`; the CLI prints the message)::
     ├── InputUnreadable      a row, header or column of the input cannot be used
     ├── CheckpointMismatch   the checkpoint was made by a different run: refuse to resume
     ├── CheckpointBroken     the checkpoint or the partial output it describes is damaged
+    ├── OutputBusy           another run is writing the same output now
     └── ExtraMissing         a format needs an optional extra that is not installed
 """
 
@@ -28,6 +29,10 @@ class CheckpointMismatch(BulkError):
 
 class CheckpointBroken(BulkError):
     """The checkpoint, or the partial output it points at, is unreadable or shorter than noted."""
+
+
+class OutputBusy(BulkError):
+    """Another run holds the output's lock: two runs would write over each other's rows."""
 
 
 class ExtraMissing(BulkError):

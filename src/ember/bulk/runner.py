@@ -30,7 +30,8 @@ from ember.bulk.checkpoint import (
 )
 from ember.bulk.errors import BulkError, InputUnreadable
 from ember.bulk.formats import InputFormat, OutputFormat, require_pyarrow
-from ember.bulk.readers import Row, open_reader
+from ember.bulk.lock import output_lock
+from ember.bulk.readers import Reader, Row, open_reader
 from ember.bulk.writers import (
     EmbeddedChunk,
     OutputSpec,
@@ -147,6 +148,24 @@ def run_job(
     reader = open_reader(job.input_path, job.input_format, job.column)
     identity = job.identity(settings)
     job.output_path.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(job.output_path):
+        return _run_locked(
+            job, settings, load, reader, identity, dimensions, prefix, restart, progress
+        )
+
+
+def _run_locked(
+    job: BulkJob,
+    settings: ModelSettings,
+    load: Callable[[], LoadedModel],
+    reader: Reader,
+    identity: Identity,
+    dimensions: int,
+    prefix: str,
+    restart: bool,
+    progress: ProgressReport | None,
+) -> Summary:
+    """The run proper, from its checkpoint on, while it alone holds the output's lock."""
     saved_at = checkpoint_path(job.output_path)
     saved = None if restart else read_checkpoint(saved_at)
     if saved is not None:
