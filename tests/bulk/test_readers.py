@@ -67,6 +67,17 @@ def test_jsonl_rows_skip_blank_lines_and_keep_ids(tmp_path: Path) -> None:
     assert texts_and_ids(list(reader.rows(skip=2))) == [("third", None)]
 
 
+def test_jsonl_starting_with_a_bom_is_read_as_txt_and_csv_are(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"id": 1.50, "text": "first"}\r\n{"id": 2, "text": "second"}\r\n'
+    )
+    reader = open_reader(path, "jsonl", "text")
+    assert reader.has_ids
+    assert reader.count() == 2
+    assert texts_and_ids(list(reader.rows())) == [("first", "1.50"), ("second", 2)]
+
+
 def test_jsonl_without_the_column_says_which_fields_exist(tmp_path: Path) -> None:
     path = tmp_path / "input.jsonl"
     path.write_text('{"id": 1, "body": "x"}\n')

@@ -32,6 +32,7 @@ from ember.bulk.formats import InputFormat, require_pyarrow
 RowId = str | int | None
 
 _BLOCK = 1 << 20
+_BOM = "\ufeff".encode()
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -90,7 +91,8 @@ class TextReader:
 
 
 class JsonLinesReader:
-    """One JSON object per line; the text under `column`, an `id` kept when the first has one."""
+    """One JSON object per line, UTF-8 (a leading BOM is dropped); the text under `column`, an
+    `id` kept when the first has one."""
 
     def __init__(self, path: Path, column: str) -> None:
         self.path = path
@@ -126,6 +128,8 @@ class JsonLinesReader:
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         with self.path.open("rb") as stream:
             for number, raw in enumerate(stream, start=1):
+                if number == 1:  # Windows editors save UTF-8 with a BOM, which orjson refuses
+                    raw = raw.removeprefix(_BOM)
                 if raw.strip():
                     yield number, raw
 
