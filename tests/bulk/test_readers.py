@@ -94,7 +94,7 @@ def test_jsonl_without_the_column_says_which_fields_exist(tmp_path: Path) -> Non
 def test_jsonl_bad_rows_name_their_line(tmp_path: Path, line: str, problem: str) -> None:
     path = tmp_path / "input.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n")
-    with pytest.raises(InputUnreadable, match=problem):
+    with pytest.raises(InputUnreadable, match=rf"^input\.jsonl line 2: .*{problem}"):
         list(open_reader(path, "jsonl", "text").rows())
 
 

@@ -109,7 +109,7 @@ class JsonLinesReader:
         for number, raw, record in islice(self._records(), skip, None):
             if self.column not in record:
                 raise _no_column(self.column, record, f"line {number}")
-            text = _text_value(record[self.column], f"line {number}")
+            text = _text_value(record[self.column], f"{self.path.name} line {number}")
             yield Row(text, self._id(number, raw, record) if self.has_ids else None)
 
     def _id(self, number: int, raw: bytes, record: dict[str, Any]) -> RowId:
