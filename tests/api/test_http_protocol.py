@@ -12,6 +12,7 @@ import pytest
 
 from ember.api.http_protocol import GuardedHttpToolsProtocol, HeadHoldingTransport
 from ember.settings import ServerSettings
+from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n"
@@ -146,3 +147,40 @@ def test_a_stalled_request_head_is_closed_and_others_are_served(
                 assert working.recv(65536).startswith(b"HTTP/1.1 200 OK")
                 time.sleep(0.3)
             assert stalled.recv(65536) == b""  # closed by the server, no response
+
+
+def exchange(server_url: str, request: bytes, responses: int) -> bytes:
+    """Send raw bytes on one connection; read until `responses` whole JSON bodies arrived."""
+    host, port = server_url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        while received.count(b"HTTP/1.1 ") < responses or not received.endswith(b"}"):
+            chunk = connection.recv(65536)
+            assert chunk, f"connection closed early after {received!r}"
+            received += chunk
+    return received
+
+
+H2C_UPGRADE = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_ignored_upgrade_request_keeps_its_body(tmp_path: Path, framing: str) -> None:
+    """`curl --http2` on http:// asks to upgrade to h2c; a server that stays on HTTP/1.1 must
+    still read the request's body (RFC 9110 7.8), and the next request on the connection."""
+    write_fake_model(tmp_path / "models", "tiny")
+    body = b'{"model": "tiny", "input": "hello"}'
+    if framing == "chunked":
+        framed = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        framed = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    upgrade = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n" + H2C_UPGRADE + framed
+    then = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with serve_in_thread(ServerSettings(home=tmp_path)) as server:
+        received = exchange(server.base_url, upgrade + then, responses=2)
+    first, second = received.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 OK"), first
+    assert b'"object":"embedding"' in first
+    assert second.startswith(b"200 OK"), second
+    assert b'"status":"ok"' in second

@@ -11,6 +11,11 @@ uvicorn also keeps a connection open for as long as its request head takes: its 
 timer stops at the first byte, and a fresh connection has none. 800 connections sending half
 a head stayed open indefinitely, and enough of them would use up the process's file
 descriptors; each now gets `REQUEST_HEAD_SECONDS` for a whole head.
+
+A request asking to upgrade to a protocol Ember does not speak (`curl --http2` asks for h2c) is
+still a whole HTTP/1.1 request, to be served as such (RFC 9110 7.8). llhttp ends it at its head
+and hands back the rest as the new protocol's bytes, which uvicorn dropped: the body was lost
+(400 "empty document") and so were requests pipelined behind it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _RESPONSE_HEAD_START = b"HTTP/1.1 "
@@ -78,7 +84,64 @@ class HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
-class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
+class UpgradeIgnoringHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that serves a request asking for an upgrade it cannot make (anything
+    but a WebSocket) as plain HTTP/1.1, body included."""
+
+    _reading_framing_head = False
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._read_on_without_upgrade(data[upgrade.args[0] :])
+
+    def _read_on_without_upgrade(self, rest: bytes) -> None:
+        """Read what follows the request's head as HTTP/1.1: its body, framed as its head said,
+        then any further requests. A fresh parser is primed with a head carrying only that
+        framing; the callbacks skip that head, so the body reaches the request's own cycle."""
+        framing = b"".join(
+            name + b": " + value + b"\r\n"
+            for name, value in self.headers
+            if name in (b"content-length", b"transfer-encoding")
+        )
+        self.cycle.more_body = True  # its task has not run yet: it reads the body to come
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+        self._reading_framing_head = True
+        try:
+            self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        finally:
+            self._reading_framing_head = False
+        if rest:
+            self.data_received(rest)
+
+    def on_message_begin(self) -> None:
+        if not self._reading_framing_head:
+            super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._reading_framing_head:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._reading_framing_head:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if not self._reading_framing_head:
+            super().on_headers_complete()
+
+
+class HeadHoldingHttpToolsProtocol(UpgradeIgnoringHttpToolsProtocol):
     """HttpToolsProtocol on a HeadHoldingTransport."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
