@@ -99,3 +99,16 @@ def test_unknown_fields_are_ignored(http: httpx.Client) -> None:
         "/v1/embeddings", json={"model": MODEL, "input": "x", "user": "u-1", "extra": {"a": 1}}
     )
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/v1/embeddings", "POST"), ("POST", "/v1/models", "GET"), ("PUT", "/health", "GET")],
+)
+def test_a_wrong_method_names_the_allowed_ones(
+    http: httpx.Client, method: str, path: str, allowed: str
+) -> None:
+    """RFC 9110 15.5.6: a 405 carries an Allow header listing the methods the route takes."""
+    response = http.request(method, path)
+    assert_error(response, 405, code="method_not_allowed")
+    assert allowed in response.headers.get("allow", "").split(", ")

@@ -126,7 +126,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(exc.status_code, str(exc.detail), error_type, code=code)
+        # Keep the exception's headers: a 405's Allow (RFC 9110 15.5.6) names the methods.
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(
+            exc.status_code, str(exc.detail), error_type, code=code, headers=headers
+        )
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
         return internal_error_response(exc)
