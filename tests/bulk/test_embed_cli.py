@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -288,3 +289,20 @@ def test_unreadable_input_is_an_error_line_not_a_traceback(
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1
     assert f"Error: {message}" in result.output
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="named pipes are a POSIX file type here")
+def test_a_pipe_as_input_is_refused_not_embedded_as_zero_rows(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    # `ember embed <(cat docs.txt)` hands over a pipe: a run reads its input more than once
+    # (identity, count, rows), and a pipe gives its rows to the first read only.
+    source = tmp_path / "rows.txt"
+    os.mkfifo(source)
+    output = tmp_path / "v.jsonl"
+    result = invoke("embed", source, "-m", FAKE_MODEL, "-o", output,
+                    "--models-dir", fake_models_dir)  # fmt: skip
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert f"Error: {source} is not a regular file" in result.output
+    assert not output.exists()

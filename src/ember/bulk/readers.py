@@ -57,6 +57,11 @@ class Reader(Protocol):
 
 def open_reader(path: Path, input_format: InputFormat, column: str) -> Reader:
     """The reader for `path`; checks the header or schema now, so mistakes surface early."""
+    if not path.is_file():  # a pipe would give its rows to the first of a run's several reads
+        raise InputUnreadable(
+            f"{path} is not a regular file (a pipe or device can be read only once, and a "
+            "run reads its input again to count and to resume); save it to a file first."
+        )
     if input_format == "txt":
         return TextReader(path)
     if input_format == "jsonl":
