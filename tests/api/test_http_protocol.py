@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -184,3 +185,28 @@ def test_an_ignored_upgrade_request_keeps_its_body(tmp_path: Path, framing: str)
     assert b'"object":"embedding"' in first
     assert second.startswith(b"200 OK"), second
     assert b'"status":"ok"' in second
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"post /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /v1/models/\xc3\xa9 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ],
+    ids=["lowercase method", "negative length", "length and chunked", "raw UTF-8 path"],
+)
+def test_a_malformed_request_gets_an_openai_error_body(
+    tmp_path: Path, request_bytes: bytes
+) -> None:
+    with serve_in_thread(ServerSettings(home=tmp_path)) as server:
+        received = exchange(server.base_url, request_bytes, responses=1)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("Invalid HTTP request")

@@ -67,10 +67,20 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+        error_body(message, error_type, param=param, code=code),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    """The JSON of an OpenAI error: {"error": {"message", "type", "param", "code"}}."""
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return orjson.dumps(body)
 
 
 def response_for(error: errors.EmberError) -> Response:

@@ -16,6 +16,9 @@ A request asking to upgrade to a protocol Ember does not speak (`curl --http2` a
 still a whole HTTP/1.1 request, to be served as such (RFC 9110 7.8). llhttp ends it at its head
 and hands back the rest as the new protocol's bytes, which uvicorn dropped: the body was lost
 (400 "empty document") and so were requests pipelined behind it.
+
+A request that is not valid HTTP/1.1 gets an OpenAI error body naming what is wrong, as every
+other refusal does, not uvicorn's plain-text "Invalid HTTP request received.".
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ember.api.errors import error_body
 
 _RESPONSE_HEAD_START = b"HTTP/1.1 "
 # Bodies up to this size are joined to their head; a larger one's own send costs little beside
@@ -84,7 +89,25 @@ class HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
-class UpgradeIgnoringHttpToolsProtocol(HttpToolsProtocol):
+class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that refuses a request it cannot parse with an OpenAI error body."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = error_body(msg, "invalid_request_error", code="invalid_value")
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+class UpgradeIgnoringHttpToolsProtocol(JsonErrorHttpToolsProtocol):
     """HttpToolsProtocol that serves a request asking for an upgrade it cannot make (anything
     but a WebSocket) as plain HTTP/1.1, body included."""
 
@@ -94,8 +117,8 @@ class UpgradeIgnoringHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            message = "Invalid HTTP request received."
+        except httptools.HttpParserError as exc:
+            message = f"Invalid HTTP request: {exc}."
             self.logger.warning(message)
             self.send_400_response(message)
         except httptools.HttpParserUpgrade as upgrade:
