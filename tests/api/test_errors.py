@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import httpx
@@ -112,3 +113,25 @@ def test_a_wrong_method_names_the_allowed_ones(
     response = http.request(method, path)
     assert_error(response, 405, code="method_not_allowed")
     assert allowed in response.headers.get("allow", "").split(", ")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_refused_by_name(http: httpx.Client, coding: str) -> None:
+    """Ember reads bodies as sent; a compressed one is refused saying so, not as bad JSON."""
+    response = http.post(
+        "/v1/embeddings",
+        content=gzip.compress(b'{"model": "all-MiniLM-L6-v2", "input": "x"}'),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    error = assert_error(response, 400, type="invalid_request_error")
+    assert "Content-Encoding" in error["message"]
+    assert coding in error["message"]
+
+
+def test_an_identity_content_encoding_is_read_as_is(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/embeddings",
+        json={"model": MODEL, "input": "x"},
+        headers={"Content-Encoding": "identity"},
+    )
+    assert response.status_code == 200

@@ -149,6 +149,13 @@ async def _parse_body(request: Request, state: AppState) -> EmbeddingRequest:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    coding = request.headers.get("content-encoding", "identity").strip()
+    if coding.lower() not in ("", "identity"):
+        # Read as JSON, a gzip body failed as "not valid UTF-8: surrogates not allowed".
+        raise InvalidRequest(
+            f"The request body has Content-Encoding '{coding}'; Ember reads bodies "
+            "uncompressed only: send it without compression."
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
