@@ -210,3 +210,67 @@ def test_a_malformed_request_gets_an_openai_error_body(
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     assert error["message"].startswith("Invalid HTTP request")
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_stalled_request_body_gets_408_and_others_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, framing: str
+) -> None:
+    """A body that stops arriving held its connection and its request forever."""
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "body_idle_seconds", 0.5)
+    write_fake_model(tmp_path / "models", "tiny")
+    if framing == "chunked":
+        start = b"Transfer-Encoding: chunked\r\n\r\n5\r\n" + b'{"mod'
+    else:
+        start = b"Content-Length: 100\r\n\r\n" + b'{"mod'
+    with serve_in_thread(ServerSettings(home=tmp_path)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as stalled:
+            stalled.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n" + start)
+            began = time.monotonic()
+            served = exchange(
+                server.base_url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 1
+            )
+            assert served.startswith(b"HTTP/1.1 200 OK")
+            received = read_until_closed(stalled)  # the server closes it after the 408
+            waited = time.monotonic() - began
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_timeout")
+    assert 0.4 < waited < 5
+
+
+def test_a_slow_body_that_keeps_coming_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is on silence, not on the body's whole time: bytes every 0.2 s for 1.2 s
+    under a 0.5 s limit."""
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "body_idle_seconds", 0.5)
+    write_fake_model(tmp_path / "models", "tiny")
+    body = b'{"model": "tiny", "input": "hello"}'
+    with serve_in_thread(ServerSettings(home=tmp_path)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            for piece in (body[:6], body[6:12], body[12:18], body[18:24], body[24:30]):
+                slow.sendall(piece)
+                time.sleep(0.2)
+            slow.sendall(body[30:])
+            received = b""
+            while not received.endswith(b"}"):
+                chunk = slow.recv(65536)
+                assert chunk, f"closed after {received!r}"
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK"), received
+    assert b'"object":"embedding"' in received

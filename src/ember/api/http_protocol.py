@@ -10,7 +10,9 @@ saves 0.1-0.2 ms of a lone query's ~3 ms round trip on 2 cores (servers alternat
 uvicorn also keeps a connection open for as long as its request head takes: its keep-alive
 timer stops at the first byte, and a fresh connection has none. 800 connections sending half
 a head stayed open indefinitely, and enough of them would use up the process's file
-descriptors; each now gets `REQUEST_HEAD_SECONDS` for a whole head.
+descriptors; each now gets `REQUEST_HEAD_SECONDS` for a whole head. A body that stops arriving
+held its connection (and its request's task) forever too: a request gets 408 and its connection
+is closed once no byte of its body came for `REQUEST_BODY_IDLE_SECONDS`.
 
 A request asking to upgrade to a protocol Ember does not speak (`curl --http2` asks for h2c) is
 still a whole HTTP/1.1 request, to be served as such (RFC 9110 7.8). llhttp ends it at its head
@@ -37,6 +39,8 @@ _RESPONSE_HEAD_START = b"HTTP/1.1 "
 _JOINED_AT_MOST = 64 * 1024
 # From a connection's start, or its last response, to the end of the next request's head.
 REQUEST_HEAD_SECONDS = 30.0
+# Without a byte of the request's body, while the server is reading it.
+REQUEST_BODY_IDLE_SECONDS = 30.0
 
 
 class HeadHoldingTransport:
@@ -93,8 +97,12 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that refuses a request it cannot parse with an OpenAI error body."""
 
     def send_400_response(self, msg: str) -> None:
-        body = error_body(msg, "invalid_request_error", code="invalid_value")
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        self.send_error_and_close(b"400 Bad Request", msg, "invalid_value")
+
+    def send_error_and_close(self, status: bytes, message: str, code: str) -> None:
+        """Answer with an OpenAI error body outside any request's cycle, then close."""
+        body = error_body(message, "invalid_request_error", code=code)
+        head = [b"HTTP/1.1 " + status + b"\r\n"]
         head += [
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
         ]
@@ -177,7 +185,10 @@ class GuardedHttpToolsProtocol(HeadHoldingHttpToolsProtocol):
     arrived within REQUEST_HEAD_SECONDS; a request being served is never cut."""
 
     head_seconds = REQUEST_HEAD_SECONDS
+    body_idle_seconds = REQUEST_BODY_IDLE_SECONDS
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_seen = 0.0  # loop time of the body's last bytes (or of its head)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -185,11 +196,25 @@ class GuardedHttpToolsProtocol(HeadHoldingHttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         super().on_headers_complete()
+        # Armed for every request, bodiless ones included: their message completes in the
+        # same parser call, which disarms it (one timer handle per request).
+        self._body_seen = self.loop.time()
+        self._disarm_body_timer()
+        self._body_timer = self.loop.call_later(self.body_idle_seconds, self._body_timed_out)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._body_seen = self.loop.time()  # the timer checks this when it fires
+
+    def on_message_complete(self) -> None:
+        self._disarm_body_timer()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -204,6 +229,35 @@ class GuardedHttpToolsProtocol(HeadHoldingHttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        """No byte of the body for body_idle_seconds: 408 and close, unless this server is
+        what paused the reading (the app has not taken the body so far) or is answering."""
+        self._body_timer = None
+        idle = self.loop.time() - self._body_seen
+        if self.transport.is_closing():
+            return
+        if idle < self.body_idle_seconds or self.flow.read_paused:
+            if self.flow.read_paused:
+                self._body_seen = self.loop.time()
+            wait = self.body_idle_seconds - (self.loop.time() - self._body_seen)
+            self._body_timer = self.loop.call_later(wait, self._body_timed_out)
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            if cycle.response_complete:  # answered without reading the whole body
+                self.transport.close()
+            return  # an answer being sent is never cut
+        self.send_error_and_close(
+            b"408 Request Timeout",
+            f"The request body stopped arriving: no byte for {self.body_idle_seconds:g} s.",
+            "request_timeout",
+        )
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
