@@ -201,3 +201,19 @@ def test_formats_follow_suffixes() -> None:
     assert output_format_for(Path("v.npy")) == "npy"
     assert output_format_for(Path("v.parquet")) == "parquet"
     assert output_format_for(Path("v.bin")) is None
+
+
+def test_jsonl_object_and_array_ids_keep_every_digit_of_their_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    ids = [
+        '{"doc": 0.1000000000000000055511, "n": 123456789012345678901234567890}',
+        '[1.50, "é", {"x": true, "y": null}]',
+        '{"plain": "id", "k": 7}',
+    ]
+    path.write_text("".join(f'{{"text": "t", "id": {row_id}}}\n' for row_id in ids))
+    found = [row.id for row in open_reader(path, "jsonl", "text").rows()]
+    assert found == [
+        '{"doc":0.1000000000000000055511,"n":123456789012345678901234567890}',
+        '[1.50,"é",{"x":true,"y":null}]',
+        '{"plain":"id","k":7}',
+    ]

@@ -9,7 +9,7 @@ A row with no text (blank line, empty or null value) keeps its place and gets no
 Each reader counts its rows by the same rule it reads them, so the count is exact.
 Ids keep their value exactly: strings and int64 integers as they are, a bigger integer or a
 JSON float as its exact text (integer ids are written as int64, and a float can lose digits),
-any other value (true, an object) as its JSON text.
+any other value (true, an object) as its JSON text, with every number in it as written.
 """
 
 from __future__ import annotations
@@ -118,17 +118,19 @@ class JsonLinesReader:
             yield Row(text, self._id(number, raw, record) if self.has_ids else None)
 
     def _id(self, number: int, raw: bytes, record: dict[str, Any]) -> RowId:
-        """The id as written. orjson reads integers past 64 bits, and every float, inexactly;
-        only such lines are parsed again, by the standard library, which keeps them exact."""
+        """The id as written. orjson reads integers past 64 bits, and every float, inexactly,
+        in an object or array id too; only such lines are parsed again, by the standard
+        library, which keeps each number's text."""
         value = record.get("id")
-        if isinstance(value, float):
-            try:
-                value = json.loads(raw, parse_float=str).get("id")
-            except RecursionError as exc:  # orjson allows 1024 levels, the standard library fewer
-                raise InputUnreadable(
-                    f"{self.path.name} line {number}: nested too deeply to read the id exactly"
-                ) from exc
-        return _id_value(value)
+        if not _has_float(value):
+            return _id_value(value)
+        try:
+            exact = json.loads(raw, parse_float=_NumberText).get("id")
+        except RecursionError as exc:  # orjson allows 1024 levels, the standard library fewer
+            raise InputUnreadable(
+                f"{self.path.name} line {number}: nested too deeply to read the id exactly"
+            ) from exc
+        return str(exact) if isinstance(exact, _NumberText) else _exact_json(exact)
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         with self.path.open("rb") as stream:
@@ -311,6 +313,34 @@ def _id_value(value: object) -> RowId:
         with contextlib.suppress(TypeError):  # a Parquet struct of bytes, say: no JSON for it
             return orjson.dumps(value).decode()
     return str(value)
+
+
+class _NumberText(str):
+    """A JSON number's text as written: the standard library's parse_float gives it."""
+
+
+def _has_float(value: object) -> bool:
+    """Does orjson's reading of an id hold a float (a float, or an integer past 64 bits)?"""
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_float(item) for item in value)
+    return False
+
+
+def _exact_json(value: object) -> str:
+    """Compact JSON text, as orjson writes it, of a value read with parse_float=_NumberText:
+    every number as written."""
+    if isinstance(value, _NumberText):
+        return str(value)
+    if isinstance(value, dict):
+        items = (f"{_exact_json(key)}:{_exact_json(item)}" for key, item in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_exact_json(item) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # str, int (exact), bool, None
 
 
 def _no_column(column: str, found: dict[str, Any], where: str) -> InputUnreadable:
