@@ -58,6 +58,19 @@ def test_health_needs_no_key(server: RunningServer) -> None:
     assert head.content == b""
 
 
+@pytest.mark.parametrize("path", ["/v1/models", f"/v1/models/{MODEL}", "/metrics"])
+def test_head_answers_as_get_without_a_body_and_needs_the_key(
+    server: RunningServer, path: str
+) -> None:
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    got = httpx.get(f"{server.base_url}{path}", headers=key)
+    head = httpx.head(f"{server.base_url}{path}", headers=key)
+    assert (got.status_code, head.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert httpx.head(f"{server.base_url}{path}").status_code == 401
+
+
 def test_openai_client_with_wrong_key_raises_authentication_error(server: RunningServer) -> None:
     client = openai.OpenAI(base_url=server.api_url, api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):

@@ -35,7 +35,7 @@ from ember.models.registry import RegisteredModel
 from ember.pooling import shorten
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 501, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 408, 413, 429, 501, 503)
 }
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -142,6 +142,16 @@ async def show_model(model_id: str, request: Request) -> JSONResponse:
     """One model by id or alias."""
     entry = app_state(request).registry.find(model_id)
     return JSONResponse(_card(entry).model_dump())
+
+
+# HEAD beside every GET, as HTTP asks of a server (RFC 9110 9.1): the GET's answer without its
+# body (uvicorn drops it), the key checked alike; undocumented, one operation each.
+for _path, _endpoint in (
+    ("/metrics", metrics),
+    ("/v1/models", list_models),
+    ("/v1/models/{model_id:path}", show_model),
+):
+    protected.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)
 
 
 async def _parse_body(request: Request, state: AppState) -> EmbeddingRequest:
