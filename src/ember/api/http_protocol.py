@@ -182,7 +182,8 @@ class HeadHoldingHttpToolsProtocol(UpgradeIgnoringHttpToolsProtocol):
 
 class GuardedHttpToolsProtocol(HeadHoldingHttpToolsProtocol):
     """HeadHoldingHttpToolsProtocol that closes a connection whose next request head has not
-    arrived within REQUEST_HEAD_SECONDS; a request being served is never cut."""
+    arrived within REQUEST_HEAD_SECONDS, and answers 408 to a request whose body stops arriving
+    for REQUEST_BODY_IDLE_SECONDS; a request being served is never cut."""
 
     head_seconds = REQUEST_HEAD_SECONDS
     body_idle_seconds = REQUEST_BODY_IDLE_SECONDS
@@ -239,14 +240,14 @@ class GuardedHttpToolsProtocol(HeadHoldingHttpToolsProtocol):
         """No byte of the body for body_idle_seconds: 408 and close, unless this server is
         what paused the reading (the app has not taken the body so far) or is answering."""
         self._body_timer = None
-        idle = self.loop.time() - self._body_seen
         if self.transport.is_closing():
             return
-        if idle < self.body_idle_seconds or self.flow.read_paused:
-            if self.flow.read_paused:
-                self._body_seen = self.loop.time()
-            wait = self.body_idle_seconds - (self.loop.time() - self._body_seen)
-            self._body_timer = self.loop.call_later(wait, self._body_timed_out)
+        if self.flow.read_paused:  # this server stopped reading, not the client sending
+            self._body_seen = self.loop.time()
+        idle = self.loop.time() - self._body_seen
+        if idle < self.body_idle_seconds:
+            left = self.body_idle_seconds - idle
+            self._body_timer = self.loop.call_later(left, self._body_timed_out)
             return
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
