@@ -187,7 +187,11 @@ def balanced_budget(sorted_lengths: Sequence[int], parts: int, floor: int, ceili
     """The smallest padded cost in [floor, ceiling] under which `sorted_lengths` fall into at
     most `parts` runs of neighbours (a run costs its longest length times its size);
     `ceiling` when none does."""
-    low, high = floor, ceiling
+    count = len(sorted_lengths)
+    whole = sorted_lengths[-1] * count if count else 0  # the cost of one run of them all
+    if count <= parts or whole <= floor:  # a lone query, say: on every request's path
+        return floor
+    low, high = floor, min(ceiling, whole)
     while low < high:
         middle = (low + high) // 2
         if _runs_needed(sorted_lengths, middle, parts + 1) <= parts:
