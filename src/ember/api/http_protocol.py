@@ -1,5 +1,6 @@
 """uvicorn's httptools protocol, sending each response's head and body in one write, and
-closing connections whose request head stalls.
+closing connections whose request head or body stalls (on the request reading of
+http_requests).
 
 uvicorn writes a response's head as soon as the app starts the response, and the body on its
 own when it follows, in the same event-loop step. On loopback every write is delivered at once:
@@ -13,14 +14,6 @@ a head stayed open indefinitely, and enough of them would use up the process's f
 descriptors; each now gets `REQUEST_HEAD_SECONDS` for a whole head. A body that stops arriving
 held its connection (and its request's task) forever too: a request gets 408 and its connection
 is closed once no byte of its body came for `REQUEST_BODY_IDLE_SECONDS`.
-
-A request asking to upgrade to a protocol Ember does not speak (`curl --http2` asks for h2c) is
-still a whole HTTP/1.1 request, to be served as such (RFC 9110 7.8). llhttp ends it at its head
-and hands back the rest as the new protocol's bytes, which uvicorn dropped: the body was lost
-(400 "empty document") and so were requests pipelined behind it.
-
-A request that is not valid HTTP/1.1 gets an OpenAI error body naming what is wrong, as every
-other refusal does, not uvicorn's plain-text "Invalid HTTP request received.".
 """
 
 from __future__ import annotations
@@ -28,10 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-from ember.api.errors import error_body
+from ember.api.http_requests import UpgradeIgnoringHttpToolsProtocol
 
 _RESPONSE_HEAD_START = b"HTTP/1.1 "
 # Bodies up to this size are joined to their head; a larger one's own send costs little beside
@@ -91,85 +81,6 @@ class HeadHoldingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that refuses a request it cannot parse with an OpenAI error body."""
-
-    def send_400_response(self, msg: str) -> None:
-        self.send_error_and_close(b"400 Bad Request", msg, "invalid_value")
-
-    def send_error_and_close(self, status: bytes, message: str, code: str) -> None:
-        """Answer with an OpenAI error body outside any request's cycle, then close."""
-        body = error_body(message, "invalid_request_error", code=code)
-        head = [b"HTTP/1.1 " + status + b"\r\n"]
-        head += [
-            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
-        ]
-        head += [
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
-        self.transport.close()
-
-
-class UpgradeIgnoringHttpToolsProtocol(JsonErrorHttpToolsProtocol):
-    """HttpToolsProtocol that serves a request asking for an upgrade it cannot make (anything
-    but a WebSocket) as plain HTTP/1.1, body included."""
-
-    _reading_framing_head = False
-
-    def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            message = f"Invalid HTTP request: {exc}."
-            self.logger.warning(message)
-            self.send_400_response(message)
-        except httptools.HttpParserUpgrade as upgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._read_on_without_upgrade(data[upgrade.args[0] :])
-
-    def _read_on_without_upgrade(self, rest: bytes) -> None:
-        """Read what follows the request's head as HTTP/1.1: its body, framed as its head said,
-        then any further requests. A fresh parser is primed with a head carrying only that
-        framing; the callbacks skip that head, so the body reaches the request's own cycle."""
-        framing = b"".join(
-            name + b": " + value + b"\r\n"
-            for name, value in self.headers
-            if name in (b"content-length", b"transfer-encoding")
-        )
-        self.cycle.more_body = True  # its task has not run yet: it reads the body to come
-        self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
-        self._reading_framing_head = True
-        try:
-            self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
-        finally:
-            self._reading_framing_head = False
-        if rest:
-            self.data_received(rest)
-
-    def on_message_begin(self) -> None:
-        if not self._reading_framing_head:
-            super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        if not self._reading_framing_head:
-            super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._reading_framing_head:
-            super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        if not self._reading_framing_head:
-            super().on_headers_complete()
 
 
 class HeadHoldingHttpToolsProtocol(UpgradeIgnoringHttpToolsProtocol):
