@@ -13,6 +13,7 @@ import pytest
 
 from ember.settings import ServerSettings
 from tests.support.gguf_files import write_tiny_bert_folder
+from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
 
 
@@ -95,3 +96,26 @@ def test_a_model_added_while_serving_is_listed_and_serves(
     models_cli(models_dir, "add", str(sources / "bert-a"), "--id", "late")
     assert [card["id"] for card in http.get("/v1/models").json()["data"]] == ["late"]
     assert len(vector(http, "late")) == 32
+
+
+def test_a_renamed_model_folder_keeps_serving_from_its_new_place(
+    http: httpx.Client, models_dir: Path
+) -> None:
+    write_fake_model(models_dir, "alpha")
+    http.get("/v1/models")  # scanned where it was
+    (models_dir / "alpha").rename(models_dir / "renamed")
+    response = http.post("/v1/embeddings", json={"model": "alpha", "input": "hello"})
+    assert response.status_code == 200, response.text
+    card = http.get("/v1/models/alpha").json()
+    assert card["status"] == "loaded"
+    assert card["created"] > 0
+
+
+def test_a_model_added_under_anothers_alias_takes_the_name_at_once(
+    http: httpx.Client, models_dir: Path
+) -> None:
+    write_fake_model(models_dir, "big", aliases=["short"])
+    assert len(vector(http, "short")) == 8
+    write_fake_model(models_dir, "short", dimensions=4)
+    # A model's own id wins over another's alias, listed or not.
+    assert len(vector(http, "short")) == 4

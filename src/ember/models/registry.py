@@ -85,6 +85,8 @@ class ModelRegistry:
         self._models: dict[str, RegisteredModel] = {}
         self._names: dict[str, str] = {}
         self._clashes: set[str] = set()
+        self._models_dir_path = str(models_dir)
+        self._models_dir_identity: tuple[int, int, int] | None = None
         # With a budget, models load one at a time: room is made for a model when its load
         # starts, so two loads at once would each count only the models already loaded.
         self._budgeted_load = asyncio.Lock()
@@ -99,6 +101,7 @@ class ModelRegistry:
         """
         found: dict[str, RegisteredModel] = {}
         clashes: list[str] = []
+        self._models_dir_identity = settings_identity(self._models_dir_path)
         for folder in self._model_folders():
             try:
                 settings: ModelSettings | None = read_settings(folder)
@@ -112,8 +115,9 @@ class ModelRegistry:
                 clashes.append(_clash(entry.model_id, found[entry.model_id], entry))
                 continue
             previous = self._models.get(entry.model_id)
-            if (
+            if (  # a folder renamed keeps its model.json's identity, not its path
                 previous is not None
+                and previous.folder == folder
                 and previous.settings == settings
                 and previous.identity == entry.identity
             ):
@@ -136,9 +140,14 @@ class ModelRegistry:
 
     def find(self, name: str) -> RegisteredModel:
         """The model registered under `name` (id or alias); rescans once before giving up, or
-        when its folder was removed or replaced (`ember models rm`, `add`, `pull`)."""
+        when its folder was removed or replaced (`ember models rm`, `add`, `pull`), or a folder
+        was added, removed or renamed beside it (one that now claims `name` as its id)."""
         known = self._names.get(name)
-        if known is None or self._models[known].replaced:
+        if (
+            known is None
+            or self._models[known].replaced
+            or settings_identity(self._models_dir_path) != self._models_dir_identity
+        ):
             self.rescan()
         model_id = self._names.get(name)
         if model_id is None:
@@ -249,6 +258,7 @@ def settings_identity(path: str | Path) -> tuple[int, int, int] | None:
 
     A folder removed and added again may reuse the old folder's inode, but its model.json is
     written anew, so this tells them apart; rewriting model.json counts as a change too.
+    Of the models folder itself, it changes when a folder in it is added, removed or renamed.
     """
     try:
         stat = os.stat(path)
