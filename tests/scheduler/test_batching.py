@@ -133,6 +133,41 @@ def test_a_job_ending_after_the_pool_said_it_had_work_still_leaves_a_batch(
     assert not pool
 
 
+class EndingMidScan(asyncio.Future[np.ndarray]):
+    """A request's future whose client leaves (it is cancelled, on the event loop's thread)
+    between the first and the second time a lane thread asks whether it is done."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.asked = 0
+
+    def done(self) -> bool:
+        self.asked += 1
+        if self.asked == 2:
+            self.cancel()
+        return super().done()
+
+
+def test_a_job_ending_while_a_lane_drops_ended_jobs_leaves_the_pool_consistent(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Clients leave on the event loop while a lane scans the pool for ended jobs. The window
+    and the turns must agree on who is left: window items of a job gone from the turns made
+    next_batch raise IndexError in the lane, whose thread died, and the model then hung."""
+    pool = PendingPool(token_budget=64)
+    first = make_job(loop, 8)
+    last = EmbeddingJob([np.arange(8, dtype=np.int64)], EndingMidScan(loop))
+    pool.add(first)
+    pool.add(last)
+    first.future.cancel()
+    run_one_step(loop)  # the pool hears of it: the next question scans for ended jobs
+    while pool:  # the scan sees `last` end halfway through
+        pool.next_batch()
+    run_one_step(loop)
+    assert pool.queued_items == 0
+    assert pool.next_batch() == []
+
+
 def run_one_step(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(asyncio.sleep(0))
 

@@ -162,8 +162,14 @@ class PendingPool:
         if not self._stale:
             return
         self._stale = False
-        self._window = [item for item in self._window if item.job.active]
-        self._turns = deque(job for job in self._turns if job.active)
+        # Each job is asked once: clients leave on the event loop while a lane scans, and a
+        # job that ended between a scan of the window and one of the turns left items without
+        # a turn (next_batch then raised in the lane, whose thread died). One that ends after
+        # this question stays in both, and its end marks the pool stale again.
+        left = deque(job for job in self._turns if job.active)
+        kept = set(left)
+        self._turns = left
+        self._window = [item for item in self._window if item.job in kept]
         self._tokens = sum(item.length for item in self._window)
 
     def _grow(self, seed: int, budget: int) -> tuple[int, int]:
