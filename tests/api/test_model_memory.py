@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -80,3 +81,20 @@ def test_memory_budget_holds_when_models_load_at_the_same_moment(tmp_path: Path)
     assert len(held) == 2, held
     assert "first" not in held  # the least recently used made room
     registry.close()
+
+
+def test_keep_alive_counts_from_the_end_of_the_last_request_not_its_start(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "slow", keep_alive=0.2, fake={"delay_seconds": 0.8})
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, idle_check_seconds=0.05)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        with ThreadPoolExecutor() as pool:
+            request = pool.submit(embed, client, "slow")
+            time.sleep(0.5)  # past keep_alive, the request still running
+            assert loaded(client) == {"slow": True}
+            request.result()
+        assert loaded(client) == {"slow": True}  # idle only from now
+        deadline = time.monotonic() + 10
+        while loaded(client)["slow"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loaded(client) == {"slow": False}

@@ -76,31 +76,32 @@ async def create_embeddings(request: Request) -> Response:
     entry = state.registry.find(body.model)
     if entry.settings is not None and not entry.settings.embedding:
         raise ModelNotEmbedding("Model does not support embeddings", entry.model_id)
-    model = await state.registry.load(entry)
-    settings = model.settings
-    if body.dimensions is not None:
-        _check_dimensions(
-            body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id
+    with state.registry.in_use(entry):
+        model = await state.registry.load(entry)
+        settings = model.settings
+        if body.dimensions is not None:
+            _check_dimensions(
+                body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id
+            )
+        prepared = await prepare_inputs(
+            body.input,
+            model,
+            state.settings,
+            truncate=body.truncate,
+            input_type=body.input_type,
+            cl100k=state.cl100k,
+            token_ids=settings.token_ids or state.settings.token_ids,
         )
-    prepared = await prepare_inputs(
-        body.input,
-        model,
-        state.settings,
-        truncate=body.truncate,
-        input_type=body.input_type,
-        cl100k=state.cl100k,
-        token_ids=settings.token_ids or state.settings.token_ids,
-    )
 
-    request.state.access = {
-        "model": settings.id,
-        "inputs": len(prepared.sequences),
-        "tokens": prepared.prompt_tokens,
-    }
-    try:
-        vectors, cache_hits = await compute_vectors(request, state, model, prepared.sequences)
-    except ClientGone:
-        return Response(status_code=499)  # the client is gone; nobody reads this
+        request.state.access = {
+            "model": settings.id,
+            "inputs": len(prepared.sequences),
+            "tokens": prepared.prompt_tokens,
+        }
+        try:
+            vectors, cache_hits = await compute_vectors(request, state, model, prepared.sequences)
+        except ClientGone:
+            return Response(status_code=499)  # the client is gone; nobody reads this
     state.metrics.count_embedded(settings.id, len(prepared.sequences), prepared.prompt_tokens)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
         vectors = shorten(vectors, body.dimensions, layer_norm=settings.matryoshka_layer_norm)

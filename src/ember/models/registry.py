@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class RegisteredModel:
     identity: tuple[int, int, int] | None = None  # its model.json's, when scanned
     loaded: LoadedModel | None = None
     last_used: float = 0.0
+    users: int = 0  # requests using it now: it is not idle, whatever its keep_alive
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -194,6 +195,17 @@ class ModelRegistry:
                 self.on_load(settings.id, entry.loaded.load_seconds)
             return entry.loaded
 
+    @contextlib.contextmanager
+    def in_use(self, entry: RegisteredModel) -> Iterator[None]:
+        """Mark `entry` busy for a request's whole life: `keep_alive` unloads a model idle
+        that long after its last request ended, never one a request is still using."""
+        entry.users += 1
+        try:
+            yield
+        finally:
+            entry.users -= 1
+            entry.last_used = time.monotonic()
+
     def unload(self, name: str) -> bool:
         """Release a loaded model; returns whether it was loaded.
 
@@ -214,6 +226,7 @@ class ModelRegistry:
             entry.model_id
             for entry in self._models.values()
             if entry.loaded is not None
+            and not entry.users
             and entry.settings is not None
             and entry.settings.keep_alive is not None
             and now - entry.last_used > entry.settings.keep_alive
