@@ -33,6 +33,8 @@ def test_a_model_json_saved_with_a_bom_is_read(tmp_path: Path) -> None:
         ("normalize", "yes", "Input should be a valid boolean"),
         ("ctx_len", "512", "Input should be a valid integer"),
         ("embedding", 1, "Input should be a valid boolean"),
+        # Ollama reads a negative keep_alive as "forever"; Ember unloaded such a model at once.
+        ("keep_alive", -1, "Input should be greater than or equal to 0"),
     ],
 )
 def test_a_hand_edited_value_of_the_wrong_type_is_refused_not_guessed(

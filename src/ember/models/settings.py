@@ -87,7 +87,7 @@ class ModelSettings(BaseModel):
     )
     ngl: int = Field(default=0, ge=0, description="Layers to offload to a GPU (0: CPU only).")
     keep_alive: float | None = Field(
-        default=None, description="Seconds idle before unloading; None keeps it loaded."
+        default=None, ge=0, description="Seconds idle before unloading; None keeps it loaded."
     )
 
     @model_validator(mode="after")
