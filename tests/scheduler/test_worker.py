@@ -6,9 +6,12 @@ import asyncio
 import threading
 
 import numpy as np
+import pytest
 
 from ember.engines.base import Engine, TokenBatch, Vectors
 from ember.engines.fake import FakeEngine
+from ember.errors import EngineFailure
+from ember.scheduler.batching import PendingPool, WorkItem
 from ember.scheduler.worker import ModelWorker
 
 
@@ -237,3 +240,42 @@ def test_a_lone_batch_runs_alone_and_no_lane_starts_beside_it() -> None:
     split = [call for call in engine.calls[1:] if not call[1]]
     assert split, "the ten later requests pending together run on both lanes"
     assert max(inside for _, _, inside in engine.calls) == 1, "two lanes ran at once"
+
+
+def test_a_bug_in_forming_a_batch_fails_the_pending_requests_not_the_lane(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lane thread that died of an unexpected error was never replaced: a one-lane model
+    then answered nothing again. The fault is injected once, into the pool."""
+    real_next_batch = PendingPool.next_batch
+    faults = [RuntimeError("injected")]
+
+    def failing_once(self: PendingPool, share: int = 1) -> list[WorkItem]:
+        if faults:
+            raise faults.pop()
+        return real_next_batch(self, share)
+
+    monkeypatch.setattr(PendingPool, "next_batch", failing_once)
+
+    async def source(_reload: bool) -> Engine:
+        return FakeEngine(8, {"lanes": 1})
+
+    async def scenario() -> tuple[BaseException | Vectors, Vectors]:
+        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+        try:
+            first = await asyncio.wait_for(
+                asyncio.gather(
+                    worker.embed([np.arange(3, dtype=np.int64)]), return_exceptions=True
+                ),
+                timeout=10,
+            )
+            after = await asyncio.wait_for(worker.embed([np.arange(4, dtype=np.int64)]), 10)
+            return first[0], after
+        finally:
+            await worker.close()
+
+    failed, after = asyncio.run(scenario())
+    assert isinstance(failed, EngineFailure), failed
+    assert "RuntimeError" in str(failed)
+    assert after.shape == (1, 8), "the same lane serves the next request"
+    assert "failed outside the engine" in caplog.text

@@ -158,6 +158,14 @@ class PendingPool:
     def _window_lengths(self) -> list[int]:
         return [item.length for item in self._window]
 
+    def take_all(self) -> list[EmbeddingJob]:
+        """Empty the pool; the jobs that had work in it, each once (to be failed)."""
+        jobs = dict.fromkeys([*self._turns, *(item.job for item in self._window)])
+        for job in jobs:
+            job.queued = 0
+        self._window, self._turns, self._tokens, self._stale = [], deque(), 0, False
+        return list(jobs)
+
     def _drop_inactive(self) -> None:
         if not self._stale:
             return

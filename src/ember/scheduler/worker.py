@@ -210,7 +210,31 @@ class ModelWorker:
             thread.start()
 
     def _serve(self) -> None:
-        """One lane: take the next batch when free, run it, post the result."""
+        """One lane, kept alive: an unexpected error in forming or storing a batch (a bug,
+        not an engine fault) fails the pending requests instead of ending the thread. A dead
+        lane is never replaced, so a one-lane model would answer nothing again."""
+        while True:
+            try:
+                self._serve_batches()
+                return
+            except Exception as exc:
+                log.exception("a lane of %s failed outside the engine", self.name)
+                with self._ready:
+                    jobs = self._pool.take_all()
+                    self._engine = None  # held only while work is pending
+                    self._ready.notify_all()
+                error = EngineFailure(
+                    f"The model '{self.name}' failed while batching this request "
+                    f"({type(exc).__name__}); retry it."
+                )
+                assert self._loop is not None
+                try:
+                    self._loop.call_soon_threadsafe(_fail_jobs, jobs, error)
+                except RuntimeError:  # the event loop is gone: the server is exiting
+                    return
+
+    def _serve_batches(self) -> None:
+        """Take the next batch when free, run it, post the result; until closed."""
         loop = self._loop
         assert loop is not None
         while True:
@@ -346,6 +370,12 @@ class ModelWorker:
 def _resolve(finished: list[EmbeddingJob]) -> None:
     for job in finished:
         job.resolve()
+
+
+def _fail_jobs(jobs: list[EmbeddingJob], error: EmberError) -> None:
+    for job in jobs:
+        if job.active:
+            job.future.set_exception(error)
 
 
 def _fail(batch: list[WorkItem], error: EmberError) -> None:
