@@ -83,16 +83,23 @@ def make_job(tmp_path: Path, output_format: OutputFormat, **options: object) -> 
     )
 
 
+def uninterrupted_output(tmp_path: Path, models_dir: Path, output_format: OutputFormat) -> Path:
+    """Write the input to `tmp_path` and to a `reference` folder beside it, run the reference
+    once uninterrupted, and return that folder (its output is what a resumed run must equal)."""
+    write_input(tmp_path / "input.txt")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    write_input(reference / "input.txt")
+    run(models_dir, make_job(reference, output_format))
+    return reference
+
+
 @pytest.mark.parametrize("output_format", ["jsonl", "npy", "parquet"])
 @pytest.mark.parametrize("stop_at", [1, 8, 9, 23, 49])
 def test_interrupted_run_resumes_to_the_same_output(
     tmp_path: Path, fake_models_dir: Path, output_format: OutputFormat, stop_at: int
 ) -> None:
-    write_input(tmp_path / "input.txt")
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    write_input(reference / "input.txt")
-    run(fake_models_dir, make_job(reference, output_format))
+    reference = uninterrupted_output(tmp_path, fake_models_dir, output_format)
 
     job = make_job(tmp_path, output_format)
     with pytest.raises(Interrupted):
@@ -231,11 +238,7 @@ class RunsAnotherMidway:
 def test_a_second_run_on_an_output_being_written_is_refused(
     tmp_path: Path, fake_models_dir: Path, output_format: OutputFormat
 ) -> None:
-    write_input(tmp_path / "input.txt")
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    write_input(reference / "input.txt")
-    run(fake_models_dir, make_job(reference, output_format))
+    reference = uninterrupted_output(tmp_path, fake_models_dir, output_format)
     job = make_job(tmp_path, output_format)
 
     def restarted_then_stopped() -> None:  # a --restart run on the same output, then Ctrl-C
