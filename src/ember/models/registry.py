@@ -66,7 +66,7 @@ class RegisteredModel:
         Asked on every request (twice), so it is one `stat` of a path made once: the
         path joined anew each time cost 5 us, the `stat` alone 1.3.
         """
-        return settings_identity(self._settings_path) != self.identity
+        return path_identity(self._settings_path) != self.identity
 
 
 class ModelRegistry:
@@ -102,7 +102,7 @@ class ModelRegistry:
         """
         found: dict[str, RegisteredModel] = {}
         clashes: list[str] = []
-        self._models_dir_identity = settings_identity(self._models_dir_path)
+        self._models_dir_identity = path_identity(self._models_dir_path)
         for folder in self._model_folders():
             try:
                 settings: ModelSettings | None = read_settings(folder)
@@ -110,7 +110,7 @@ class ModelRegistry:
             except EmberError as exc:
                 settings, problem = None, exc.message
             entry = RegisteredModel(
-                folder, settings, problem, settings_identity(folder / SETTINGS_FILE)
+                folder, settings, problem, path_identity(folder / SETTINGS_FILE)
             )
             if entry.model_id in found:
                 clashes.append(_clash(entry.model_id, found[entry.model_id], entry))
@@ -147,7 +147,7 @@ class ModelRegistry:
         if (
             known is None
             or self._models[known].replaced
-            or settings_identity(self._models_dir_path) != self._models_dir_identity
+            or path_identity(self._models_dir_path) != self._models_dir_identity
         ):
             self.rescan()
         model_id = self._names.get(name)
@@ -266,12 +266,13 @@ class ModelRegistry:
         )
 
 
-def settings_identity(path: str | Path) -> tuple[int, int, int] | None:
-    """Device, inode and mtime of a model folder's model.json at `path`; None once it is gone.
+def path_identity(path: str | Path) -> tuple[int, int, int] | None:
+    """Device, inode and mtime of `path`; None once it is gone.
 
-    A folder removed and added again may reuse the old folder's inode, but its model.json is
-    written anew, so this tells them apart; rewriting model.json counts as a change too.
-    Of the models folder itself, it changes when a folder in it is added, removed or renamed.
+    Of a model folder's model.json: a folder removed and added again may reuse the old
+    folder's inode, but its model.json is written anew, so this tells them apart; rewriting
+    model.json counts as a change too. Of the models folder itself: it changes when a folder
+    in it is added, removed or renamed.
     """
     try:
         stat = os.stat(path)
