@@ -359,12 +359,10 @@ class ModelWorker:
         )
 
     def _fail_everything_pending(self, error: EmberError) -> None:
+        """On the event loop: fail every request with work still in the pool."""
         with self._ready:
-            batches = []
-            while batch := self._pool.next_batch():
-                batches.append(batch)
-        for batch in batches:
-            _fail(batch, error)
+            jobs = self._pool.take_all()
+        _fail_jobs(jobs, error)
 
 
 def _resolve(finished: list[EmbeddingJob]) -> None:
