@@ -279,3 +279,55 @@ def test_a_bug_in_forming_a_batch_fails_the_pending_requests_not_the_lane(
     assert "RuntimeError" in str(failed)
     assert after.shape == (1, 8), "the same lane serves the next request"
     assert "failed outside the engine" in caplog.text
+
+
+class ShortAnsweringEngine(FakeEngine):
+    """Answers with one vector too few while `short_answers` (shared with its reloads) lasts,
+    as a broken engine might."""
+
+    def __init__(self, options: dict[str, object], short_answers: list[None]) -> None:
+        super().__init__(8, options)
+        self.short_answers = short_answers
+
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        vectors = super().embed(batch)
+        if self.short_answers:
+            self.short_answers.pop()
+            return vectors[:-1]
+        return vectors
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_an_engine_answer_short_of_rows_fails_its_request_and_the_model_is_reloaded(
+    lanes: int,
+) -> None:
+    """Before, the rows were stored past the engine fault handling: the lane's error left
+    the batch's requests waiting for rows that never came, until the request timeout."""
+    loads: list[bool] = []
+    short_answers = [None]
+
+    async def source(reload: bool) -> Engine:
+        loads.append(reload)
+        return ShortAnsweringEngine({"lanes": lanes}, short_answers)
+
+    async def scenario() -> tuple[BaseException | Vectors, Vectors]:
+        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+        try:
+            # One batch (or one per lane) holds the whole request: no item is left pending.
+            sequences = [np.arange(30, dtype=np.int64) + n for n in range(2)]
+            first = await asyncio.wait_for(
+                asyncio.gather(worker.embed(sequences), return_exceptions=True), timeout=5
+            )
+            after = await asyncio.wait_for(worker.embed(sequences), 5)
+            return first[0], after
+        finally:
+            await worker.close()
+
+    failed, after = asyncio.run(scenario())
+    assert isinstance(failed, EngineFailure), failed
+    assert "ValueError" in str(failed)
+    assert True in loads, "the model is reloaded after the fault"
+    expected = FakeEngine(8, {}).embed(
+        TokenBatch([np.arange(30, dtype=np.int64) + n for n in range(2)])
+    )
+    np.testing.assert_array_equal(after, expected)

@@ -169,13 +169,13 @@ class ModelWorker:
             self._pool.add(job)
             batch = self._pool.next_batch(share=lanes)  # all of it: see PendingPool.whole_batch
         try:
-            vectors = self._run(engine, batch, alone=True)
+            finished = self._store(batch, self._run(engine, batch, alone=True))
         except Exception as exc:
             with self._ready:
                 self._recovering += 1
             self._start_recovery(batch, exc)
         else:
-            _resolve(self._store(batch, vectors))
+            _resolve(finished)
         finally:
             with self._ready:
                 self._running -= 1
@@ -210,8 +210,8 @@ class ModelWorker:
             thread.start()
 
     def _serve(self) -> None:
-        """One lane, kept alive: an unexpected error in forming or storing a batch (a bug,
-        not an engine fault) fails the pending requests instead of ending the thread. A dead
+        """One lane, kept alive: an unexpected error in forming a batch (a bug, not an
+        engine fault) fails the pending requests instead of ending the thread. A dead
         lane is never replaced, so a one-lane model would answer nothing again."""
         while True:
             try:
@@ -255,15 +255,14 @@ class ModelWorker:
                 self._alone = alone
             outcome: Callable[[], None] | None
             try:
-                vectors = self._run(engine, batch, alone=alone)
+                # Rows are stored here and the event loop is woken only for finished requests,
+                # not once per batch of a long request.
+                finished = self._store(batch, self._run(engine, batch, alone=alone))
             except Exception as exc:  # an engine fault must fail its batch, not the worker
                 with self._ready:
                     self._recovering += 1
                 outcome = functools.partial(self._start_recovery, batch, exc)
             else:
-                # Rows are stored here and the event loop is woken only for finished requests,
-                # not once per batch of a long request.
-                finished = self._store(batch, vectors)
                 outcome = functools.partial(_resolve, finished) if finished else None
             finally:
                 with self._ready:
@@ -295,6 +294,7 @@ class ModelWorker:
             self._observe_batch(len(tokens), tokens.padded_tokens)
         started = time.perf_counter()
         vectors = engine.embed(tokens, alone=alone)
+        _check_rows(vectors, len(tokens))
         # Only batches run alone tell how an inline run would go: one beside another runs on
         # part of the cores.
         if alone and tokens.padded_tokens <= INLINE_MAX_TOKENS:
@@ -339,6 +339,7 @@ class ModelWorker:
         tokens = TokenBatch([item.job.sequences[item.index] for item in batch])
         try:
             vectors = await asyncio.to_thread(engine.embed, tokens)
+            finished = self._store(batch, _check_rows(vectors, len(tokens)))
         except EmbeddingUnsupported:
             unsupported = EmbeddingUnsupported("Embeddings endpoint not available", self.name)
             _fail(batch, unsupported)
@@ -347,7 +348,7 @@ class ModelWorker:
         except Exception as exc:
             _fail(batch, self._failure(exc))
             return engine
-        _resolve(self._store(batch, vectors))
+        _resolve(finished)
         return engine
 
     def _failure(self, exc: Exception) -> EmberError:
@@ -363,6 +364,14 @@ class ModelWorker:
         with self._ready:
             jobs = self._pool.take_all()
         _fail_jobs(jobs, error)
+
+
+def _check_rows(vectors: Vectors, expected: int) -> Vectors:
+    """An engine's vectors, refused unless one row per sequence: a short answer would leave
+    requests waiting for rows that never come."""
+    if vectors.ndim != 2 or len(vectors) != expected:
+        raise ValueError(f"the engine answered {expected} inputs with shape {vectors.shape}")
+    return vectors
 
 
 def _resolve(finished: list[EmbeddingJob]) -> None:
