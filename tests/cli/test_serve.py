@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -180,3 +182,21 @@ def test_a_host_that_does_not_resolve_is_one_error_line_naming_it(
     assert "does not resolve" in errors[0]
     assert "Traceback" not in output
     assert "Uvicorn running" not in output
+
+
+def test_port_0_serves_on_a_free_port_that_the_log_names(tmp_path: Path) -> None:
+    """Ember's start-up line said "serving on http://127.0.0.1:0", a port nothing listens on."""
+    log = tmp_path / "serve.log"
+    env = {"EMBER_HOME": str(tmp_path / "home"), "EMBER_OFFLINE": "1"}
+    with ember_process("serve", "--port", "0", env=env, log=log) as process:
+        deadline = time.monotonic() + 60
+        named = None
+        while named is None and time.monotonic() < deadline and process.poll() is None:
+            named = re.search(r"running on http://127\.0\.0\.1:(\d+)", log.read_text())
+            time.sleep(0.1)
+        assert named is not None, log.read_text()
+        port = int(named.group(1))
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        assert "serving on http://127.0.0.1, a free port" in log.read_text()
+        assert "127.0.0.1:0" not in log.read_text()

@@ -56,9 +56,9 @@ def serve(log_level: str, **flags: object) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     key_note = "required" if settings.api_key else "not required"
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
-    logging.getLogger("ember").info(
-        "serving on http://%s:%d, API key %s", shown, settings.port, key_note
-    )
+    # Port 0 asks the system for a free port: uvicorn names it once bound ("running on").
+    address = f"http://{shown}:{settings.port}" if settings.port else f"http://{shown}, a free port"
+    logging.getLogger("ember").info("serving on %s, API key %s", address, key_note)
     _ensure_a_model(settings)
     from ember.api.server import run_server
 
