@@ -12,6 +12,7 @@ from ember.engines.base import Engine, TokenBatch, Vectors
 from ember.engines.fake import FakeEngine
 from ember.errors import EngineFailure
 from ember.scheduler.batching import PendingPool, WorkItem
+from ember.scheduler.scheduler import Scheduler
 from ember.scheduler.worker import ModelWorker
 
 
@@ -331,3 +332,29 @@ def test_an_engine_answer_short_of_rows_fails_its_request_and_the_model_is_reloa
         TokenBatch([np.arange(30, dtype=np.int64) + n for n in range(2)])
     )
     np.testing.assert_array_equal(after, expected)
+
+
+def test_a_changed_token_budget_applies_to_the_next_batches() -> None:
+    """The worker kept the batch size its model had on first use until a restart: an edited
+    `ubatch_size` reloaded the model but not the batching."""
+    batches: list[tuple[int, int]] = []
+
+    async def source(_reload: bool) -> Engine:
+        return FakeEngine(8, {"lanes": 1})
+
+    async def scenario() -> None:
+        scheduler = Scheduler(
+            max_queued_items=100, observe_batch=lambda n, t: batches.append((n, t))
+        )
+        sequences = [np.arange(16, dtype=np.int64) + n for n in range(8)]
+        try:
+            for budget in (512, 32):
+                vectors = await scheduler.submit(
+                    "m", sequences, engine_source=source, token_budget=budget
+                )
+                assert (await vectors).shape == (8, 8)
+        finally:
+            await scheduler.close()
+
+    asyncio.run(scenario())
+    assert batches == [(8, 128), (2, 32), (2, 32), (2, 32), (2, 32)]

@@ -37,6 +37,8 @@ class Scheduler:
                 observe_batch=self._observe_batch,
             )
             self._workers[model_id] = worker
+        else:  # the model's settings may have been edited (and the model reloaded) since
+            worker.set_token_budget(token_budget)
         return await worker.submit(sequences)
 
     def queue_depths(self) -> dict[str, int]:
