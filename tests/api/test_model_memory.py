@@ -98,3 +98,24 @@ def test_keep_alive_counts_from_the_end_of_the_last_request_not_its_start(tmp_pa
         while loaded(client)["slow"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert loaded(client) == {"slow": False}
+
+
+def test_memory_budget_unloads_an_idle_model_before_one_a_request_is_using(
+    tmp_path: Path,
+) -> None:
+    models_dir = tmp_path / "models"
+    for model_id, fake in (("busy", {"delay_seconds": 1.0}), ("idle", {}), ("third", {})):
+        folder = write_fake_model(models_dir, model_id, model_file="weights.bin", fake=fake)
+        (folder / "weights.bin").write_bytes(b"\0" * 2**20)
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, max_loaded_memory_mb=2)
+    with (
+        serve_in_thread(settings) as running,
+        httpx.Client(base_url=running.base_url) as client,
+        ThreadPoolExecutor() as pool,
+    ):
+        request = pool.submit(embed, client, "busy")
+        time.sleep(0.3)
+        embed(client, "idle")  # used after "busy" was: "busy" is the least recently used
+        embed(client, "third")
+        assert loaded(client) == {"busy": True, "idle": False, "third": True}
+        request.result()

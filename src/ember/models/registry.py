@@ -242,12 +242,15 @@ class ModelRegistry:
                 entry.loaded = None
 
     def _make_room_for(self, incoming: RegisteredModel) -> None:
-        """Unload least recently used models until `incoming` fits the memory budget."""
+        """Unload models until `incoming` fits the memory budget: idle ones first, least
+        recently used first. A model a request is using goes last: its running batches keep
+        its engine, so unloading it frees nothing until they finish, and its next request
+        would load it again."""
         if self.memory_budget is None:
             return
         loaded = sorted(
             (entry for entry in self._models.values() if entry.loaded and entry is not incoming),
-            key=lambda entry: entry.last_used,
+            key=lambda entry: (entry.users > 0, entry.last_used),
         )
         in_use = sum(entry.memory_estimate for entry in loaded)
         for entry in loaded:
