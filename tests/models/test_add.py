@@ -21,7 +21,8 @@ from ember.engines.base import TokenBatch
 from ember.engines.onnx import available_cores
 from ember.engines.onnx_graphs.bert import build_bert_graph
 from ember.errors import InvalidModelSettings
-from ember.models.importers import AddOptions, add_model, read_gguf_metadata
+from ember.models.gguf_header import read_gguf_metadata
+from ember.models.importers import AddOptions, add_model
 from ember.models.loader import load_model
 from ember.models.settings import read_settings
 from ember.settings import ServerSettings

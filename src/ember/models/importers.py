@@ -13,26 +13,30 @@ import json
 import os
 import re
 import shutil
-import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from ember.errors import EmberError, InvalidModelSettings
+from ember.models.gguf_header import read_gguf_metadata
 from ember.models.hf_folder import is_hf_folder, register_hf_folder
+from ember.models.jan_files import (
+    JAN_SETTINGS,
+    jan_id,
+    jan_overrides,
+    jan_weights,
+    read_jan_settings,
+)
 from ember.models.onnx_probe import external_data_files, probe_graph
 from ember.models.settings import SETTINGS_FILE, ModelSettings, parse_settings, write_settings
 from ember.models.staging import add_staging
+from ember.nomic_prompts import NOMIC_PROMPTS
 from ember.pooling import Pooling
-
-if TYPE_CHECKING:
-    pass
 
 Report = Callable[[str], None]
 
-JAN_SETTINGS = "model.yml"
 TOKENIZER_FILE = "tokenizer.json"
 
 # GGUF `<arch>.pooling_type` values (llama.cpp's enum llama_pooling_type) Ember can serve.
@@ -44,16 +48,6 @@ GGUF_ENCODERS = frozenset(
 # llama.cpp sizes one batch to ctx_len (encoders need a whole input in one batch), and its
 # memory grows with the square of that; decoders trained on 32k+ tokens start at this.
 GGUF_CTX_CAP = 8192
-
-# Nomic's embedding models are trained with these task prefixes (their sentence-transformers
-# config lists them); a GGUF file does not carry them, so they are offered by name, never
-# applied unasked (Jan sends text as it is).
-NOMIC_PROMPTS = {
-    "search_query": "search_query: ",
-    "search_document": "search_document: ",
-    "clustering": "clustering: ",
-    "classification": "classification: ",
-}
 
 
 @dataclass(frozen=True)
@@ -136,7 +130,7 @@ def add_gguf_file(
     if architecture.startswith("nomic-bert"):
         raw["prompts"] = dict(NOMIC_PROMPTS)
     if jan is not None:
-        raw.update(_jan_overrides(jan))
+        raw.update(jan_overrides(jan))
     raw.update(_option_overrides(options))
     settings = parse_settings(raw, model_id)
     with _staged_folder(models_dir, settings.id) as staging:
@@ -148,8 +142,8 @@ def add_gguf_file(
 def add_jan_model(yml_path: Path, models_dir: Path, options: AddOptions) -> ModelSettings:
     """One Jan model: its model.yml names the GGUF file and says whether it embeds."""
     jan = read_jan_settings(yml_path)
-    gguf_path = _jan_weights(yml_path, jan)
-    return add_gguf_file(gguf_path, models_dir, options, model_id=_jan_id(yml_path, jan), jan=jan)
+    gguf_path = jan_weights(yml_path, jan)
+    return add_gguf_file(gguf_path, models_dir, options, model_id=jan_id(yml_path, jan), jan=jan)
 
 
 def add_jan_data_folder(
@@ -171,74 +165,6 @@ def add_jan_data_folder(
     if not added:
         raise InvalidModelSettings("no model of the Jan data folder could be added")
     return added
-
-
-def read_jan_settings(yml_path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(yml_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidModelSettings(f"cannot read {yml_path}: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise InvalidModelSettings(f"{yml_path} is not a mapping of settings")
-    return loaded
-
-
-def _jan_overrides(jan: Mapping[str, Any]) -> dict[str, Any]:
-    """Jan's keys that mean something here: embedding, ctx_len (0 = the model's), ngl."""
-    found: dict[str, Any] = {}
-    if isinstance(jan.get("embedding"), bool):
-        found["embedding"] = jan["embedding"]
-    ctx_len = jan.get("ctx_len")
-    if isinstance(ctx_len, int) and ctx_len > 0:
-        found["ctx_len"] = ctx_len
-    ngl = jan.get("ngl")
-    if isinstance(ngl, int) and ngl >= 0:
-        found["ngl"] = ngl
-    if isinstance(jan.get("name"), str):
-        found["name"] = jan["name"]
-    return found
-
-
-def _jan_weights(yml_path: Path, jan: Mapping[str, Any]) -> Path:
-    """The GGUF file a model.yml names.
-
-    Jan writes `model_path` relative to its data folder (or absolute, for files imported in
-    place); Cortex-era files list `files`. Relative paths are tried against each folder
-    above the model.yml, so the data folder's location need not be known.
-    """
-    named = [jan.get("model_path"), *(jan.get("files") or [])]
-    for name in (str(item) for item in named if item):
-        candidate = Path(name.removeprefix("file://")).expanduser()
-        if candidate.is_absolute():
-            if candidate.is_file():
-                return candidate
-            continue
-        for base in (yml_path.parent, *yml_path.parent.parents):
-            if (base / candidate).is_file():
-                return base / candidate
-    local = sorted(path for path in yml_path.parent.glob("*.gguf") if "mmproj" not in path.name)
-    if len(local) == 1:
-        return local[0]
-    raise InvalidModelSettings(f"{yml_path}: cannot find the model's .gguf file")
-
-
-def _jan_id(yml_path: Path, jan: Mapping[str, Any]) -> str:
-    """Jan's own model id, so clients keep the name they used with Jan.
-
-    Cortex-era files say it in `model`; Jan's llama.cpp extension names a model by its
-    folder under `llamacpp/models/` (such ids may contain slashes).
-    """
-    if isinstance(jan.get("model"), str) and jan["model"]:
-        return str(jan["model"])
-    parts = yml_path.parent.parts
-    if "models" in parts:
-        last = len(parts) - 1 - parts[::-1].index("models")
-        relative = "/".join(parts[last + 1 :])
-        if relative:
-            return relative
-    return yml_path.parent.name
 
 
 # --- Hugging Face folders and ONNX files ----------------------------------------------------
@@ -327,60 +253,6 @@ def _tokenizer_limit(source: Path) -> int | None:
         if isinstance(value, int) and 0 < value <= 1_000_000:
             return value
     return None
-
-
-# --- GGUF metadata --------------------------------------------------------------------------
-
-_SCALARS: dict[int, str] = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-    12: "<d",
-}  # fmt: skip
-_STRING, _ARRAY = 8, 9
-
-
-def read_gguf_metadata(path: Path) -> dict[str, Any]:
-    """The key-value header of a GGUF file (arrays such as the vocabulary are skipped).
-
-    Read directly, so registering needs neither llama.cpp nor the `gguf` package.
-    """
-    try:
-        with path.open("rb") as stream:
-            magic, version = struct.unpack("<4sI", stream.read(8))
-            if magic != b"GGUF":
-                raise InvalidModelSettings(f"{path.name} is not a GGUF file")
-            if version < 2:
-                raise InvalidModelSettings(f"{path.name}: GGUF version {version} is too old")
-            _tensors, count = struct.unpack("<QQ", stream.read(16))
-            metadata: dict[str, Any] = {}
-            for _ in range(count):
-                key = _read_string(stream)
-                (value_type,) = struct.unpack("<I", stream.read(4))
-                metadata[key] = _read_value(stream, value_type)
-            return metadata
-    except (OSError, struct.error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidModelSettings(f"cannot read the GGUF header of {path.name}: {exc}") from exc
-
-
-def _read_value(stream: BinaryIO, value_type: int) -> Any:
-    if value_type in _SCALARS:
-        fmt = _SCALARS[value_type]
-        return struct.unpack(fmt, stream.read(struct.calcsize(fmt)))[0]
-    if value_type == _STRING:
-        return _read_string(stream)
-    if value_type == _ARRAY:
-        item_type, length = struct.unpack("<IQ", stream.read(12))
-        if item_type in _SCALARS:
-            stream.seek(length * struct.calcsize(_SCALARS[item_type]), os.SEEK_CUR)
-        else:
-            for _ in range(length):
-                _read_value(stream, item_type)
-        return None
-    raise ValueError(f"unknown GGUF value type {value_type}")
-
-
-def _read_string(stream: IO[bytes]) -> str:
-    (length,) = struct.unpack("<Q", stream.read(8))
-    return stream.read(length).decode("utf-8")
 
 
 def _positive_int(metadata: Mapping[str, Any], key: str, path: Path) -> int:

@@ -25,17 +25,10 @@ from ember.engines.onnx_graphs.builder import (
     l2_normalize,
     pool_tokens,
 )
+from ember.nomic_prompts import NOMIC_PROMPTS
 
 MlpKind = Literal["swiglu", "geglu", "glu", "gelu"]
 
-# The task prefixes nomic-embed-text was trained with (its model card); the names are the ones
-# sentence-transformers prompts use, so `input_type: "query"` finds "search_query".
-NOMIC_PROMPTS = {
-    "search_query": "search_query: ",
-    "search_document": "search_document: ",
-    "clustering": "clustering: ",
-    "classification": "classification: ",
-}
 # nomic-embed-text-v1.5's Matryoshka sizes below its 768 (v1 has none, but shares the config).
 NOMIC_MATRYOSHKA_DIMENSIONS = {768: [512, 256, 128, 64]}
 
