@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ember.models.loader import LoadedModel, load_model
 from ember.models.registry import ModelRegistry
@@ -119,3 +122,37 @@ def test_memory_budget_unloads_an_idle_model_before_one_a_request_is_using(
         embed(client, "third")
         assert loaded(client) == {"busy": True, "idle": False, "third": True}
         request.result()
+
+
+def wait_until_unloaded(client: httpx.Client, model: str) -> None:
+    deadline = time.monotonic() + 10
+    while loaded(client)[model] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert loaded(client)[model] is False
+
+
+@pytest.mark.parametrize("cache_entries", [0])
+def test_a_model_unloaded_by_keep_alive_frees_its_engine(
+    tmp_path: Path, cache_entries: int
+) -> None:
+    models_dir = tmp_path / "models"
+    folder = write_fake_model(models_dir, "brief", keep_alive=0.5, model_file="weights.bin")
+    (folder / "weights.bin").write_bytes(b"\0" * 1024)
+    registry = ModelRegistry(models_dir)
+    settings = ServerSettings(
+        home=tmp_path, models_dir=models_dir, idle_check_seconds=0.05, cache_entries=cache_entries
+    )
+    with (
+        serve_in_thread(settings, registry) as running,
+        httpx.Client(base_url=running.base_url) as client,
+    ):
+        embed(client, "brief")  # the first batch runs on the model's lane
+        model = registry.find("brief").loaded
+        assert model is not None
+        engine = weakref.ref(model.engine)
+        del model
+        wait_until_unloaded(client, "brief")
+        gc.collect()
+        # An idle lane held its last batch's engine: an unloaded model kept its memory.
+        assert engine() is None
+        embed(client, "brief")  # and loads again on demand

@@ -13,6 +13,7 @@ import uvicorn
 
 from ember.api.app import create_app
 from ember.api.server import uvicorn_config
+from ember.models.registry import ModelRegistry
 from ember.settings import ServerSettings
 
 
@@ -35,11 +36,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(settings: ServerSettings) -> Iterator[RunningServer]:
-    """Start uvicorn with `create_app(settings)`; stop it (lifespan included) on exit."""
+def serve_in_thread(
+    settings: ServerSettings, registry: ModelRegistry | None = None
+) -> Iterator[RunningServer]:
+    """Start uvicorn with `create_app(settings, registry)`; stop it (lifespan included) on
+    exit. A test passes its own registry to look at the loaded models."""
     port = free_port()
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
-    config = uvicorn_config(create_app(settings), settings, log_level="warning")
+    config = uvicorn_config(create_app(settings, registry), settings, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

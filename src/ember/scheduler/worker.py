@@ -224,63 +224,79 @@ class ModelWorker:
                 return
             except Exception as exc:
                 log.exception("a lane of %s failed outside the engine", self.name)
-                with self._ready:
-                    jobs = self._pool.take_all()
-                    self._engine = None  # held only while work is pending
-                    self._ready.notify_all()
-                error = EngineFailure(
-                    f"The model '{self.name}' failed while batching this request "
-                    f"({type(exc).__name__}); retry it."
-                )
-                assert self._loop is not None
-                try:
-                    self._loop.call_soon_threadsafe(_fail_jobs, jobs, error)
-                except RuntimeError:  # the event loop is gone: the server is exiting
+                if not self._fail_pending_after(exc):
                     return
 
+    def _fail_pending_after(self, exc: Exception) -> bool:
+        """Fail the pending requests after a lane's unexpected error; False once the event
+        loop is gone. A call of its own, so the lane keeps none of those requests."""
+        with self._ready:
+            jobs = self._pool.take_all()
+            self._engine = None  # held only while work is pending
+            self._ready.notify_all()
+        error = EngineFailure(
+            f"The model '{self.name}' failed while batching this request "
+            f"({type(exc).__name__}); retry it."
+        )
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_fail_jobs, jobs, error)
+        except RuntimeError:  # the event loop is gone: the server is exiting
+            return False
+        return True
+
     def _serve_batches(self) -> None:
-        """Take the next batch when free, run it, post the result; until closed."""
+        """Run batches until closed, each in a call of its own: a lane waiting for work then
+        holds nothing of its last batch. Kept in a loop's variables, the engine stayed alive
+        while the lane waited, so an unloaded model's memory (two ONNX Runtime sessions) was
+        freed only when its next batch came, and that batch's requests and vectors too."""
+        while self._serve_next_batch():
+            pass
+
+    def _serve_next_batch(self) -> bool:
+        """Wait for work, take a batch, run it and post the result; False once closed (or
+        the event loop is gone)."""
         loop = self._loop
         assert loop is not None
-        while True:
+        with self._ready:
+            while not self._closed and (self._recovering or self._alone or not self._pool):
+                self._ready.wait()
+            if self._closed:
+                return False
+            engine = self._engine
+            idle_lanes = (engine.lanes if engine is not None else 1) - self._running
+            batch = self._pool.next_batch(share=idle_lanes)
+            alone = not self._running and not self._pool
+            if not self._pool:
+                self._engine = None
+            elif idle_lanes > 1:
+                self._ready.notify()  # work is left for another idle lane
+            self._running += 1
+            self._alone = alone
+        outcome: Callable[[], None] | None
+        try:
+            # Rows are stored here and the event loop is woken only for finished requests,
+            # not once per batch of a long request.
+            finished = self._store(batch, self._run(engine, batch, alone=alone))
+        except Exception as exc:  # an engine fault must fail its batch, not the worker
             with self._ready:
-                while not self._closed and (self._recovering or self._alone or not self._pool):
-                    self._ready.wait()
-                if self._closed:
-                    return
-                engine = self._engine
-                idle_lanes = (engine.lanes if engine is not None else 1) - self._running
-                batch = self._pool.next_batch(share=idle_lanes)
-                alone = not self._running and not self._pool
-                if not self._pool:
-                    self._engine = None
-                elif idle_lanes > 1:
-                    self._ready.notify()  # work is left for another idle lane
-                self._running += 1
-                self._alone = alone
-            outcome: Callable[[], None] | None
-            try:
-                # Rows are stored here and the event loop is woken only for finished requests,
-                # not once per batch of a long request.
-                finished = self._store(batch, self._run(engine, batch, alone=alone))
-            except Exception as exc:  # an engine fault must fail its batch, not the worker
-                with self._ready:
-                    self._recovering += 1
-                outcome = functools.partial(self._start_recovery, batch, exc)
-            else:
-                outcome = functools.partial(_resolve, finished) if finished else None
-            finally:
-                with self._ready:
-                    self._running -= 1
-                    if alone:
-                        self._alone = False
-                    self._wake_lanes_for_pending_work()
-            if outcome is None:
-                continue
-            try:
-                loop.call_soon_threadsafe(outcome)
-            except RuntimeError:  # the event loop is gone: the server is exiting
-                return
+                self._recovering += 1
+            outcome = functools.partial(self._start_recovery, batch, exc)
+        else:
+            outcome = functools.partial(_resolve, finished) if finished else None
+        finally:
+            with self._ready:
+                self._running -= 1
+                if alone:
+                    self._alone = False
+                self._wake_lanes_for_pending_work()
+        if outcome is None:
+            return True
+        try:
+            loop.call_soon_threadsafe(outcome)
+        except RuntimeError:  # the event loop is gone: the server is exiting
+            return False
+        return True
 
     def _store(self, batch: list[WorkItem], vectors: Vectors) -> list[EmbeddingJob]:
         """Keep a batch's rows in their requests; the requests now complete."""
