@@ -131,7 +131,7 @@ def wait_until_unloaded(client: httpx.Client, model: str) -> None:
     assert loaded(client)[model] is False
 
 
-@pytest.mark.parametrize("cache_entries", [0])
+@pytest.mark.parametrize("cache_entries", [0, 100])
 def test_a_model_unloaded_by_keep_alive_frees_its_engine(
     tmp_path: Path, cache_entries: int
 ) -> None:
@@ -153,6 +153,7 @@ def test_a_model_unloaded_by_keep_alive_frees_its_engine(
         del model
         wait_until_unloaded(client, "brief")
         gc.collect()
-        # An idle lane held its last batch's engine: an unloaded model kept its memory.
+        # An idle lane held its last batch's engine, and the cache's fingerprints their
+        # model: an unloaded model kept its memory.
         assert engine() is None
         embed(client, "brief")  # and loads again on demand

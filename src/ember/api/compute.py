@@ -4,6 +4,7 @@ abandoned when the client disconnects or the request times out."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,18 +25,22 @@ class ClientGone(Exception):
 
 @dataclass
 class Fingerprints:
-    """Each loaded model's cache fingerprint, computed once per load (it hashes the weights)."""
+    """Each loaded model's cache fingerprint, computed once per load (it hashes the weights).
 
-    _known: dict[str, tuple[LoadedModel, bytes]] = field(default_factory=dict)
+    The model is referenced weakly: held here, a model unloaded by keep_alive or the memory
+    budget kept its engine (its sessions' memory) until it was loaded again.
+    """
+
+    _known: dict[str, tuple[weakref.ref[LoadedModel], bytes]] = field(default_factory=dict)
 
     async def of(self, model: LoadedModel) -> bytes:
         known = self._known.get(model.settings.id)
-        if known is not None and known[0] is model:
+        if known is not None and known[0]() is model:
             return known[1]
         weights = graph_files(model.folder / model.settings.model_file)
         settings_json = model.settings.model_dump_json()
         fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
-        self._known[model.settings.id] = (model, fingerprint)
+        self._known[model.settings.id] = (weakref.ref(model), fingerprint)
         return fingerprint
 
 
