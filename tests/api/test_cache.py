@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -58,3 +59,27 @@ def test_without_cache_settings_there_is_no_cache_header(
     settings = ServerSettings(home=tmp_path, models_dir=default_models_dir)
     with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
         assert "x-ember-cache-hits" not in post(client, {"input": "x"}).headers
+
+
+def test_a_cache_file_locked_by_another_process_never_fails_a_request(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    settings = ServerSettings(home=tmp_path, models_dir=default_models_dir, cache_path=path)
+    with (
+        serve_in_thread(settings) as running,
+        httpx.Client(base_url=running.base_url, timeout=30) as client,
+    ):
+        post(client, {"input": "stored before"})
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a second server writing, say, past the busy timeout
+        try:
+            post(client, {"input": "computed while locked"})  # not stored: 500 before
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # The failed write left its transaction open: every later store failed, and so did
+        # every request with an input the cache did not have.
+        post(client, {"input": "stored after"})
+        again = post(client, {"input": ["stored after", "stored before"]})
+    assert again.headers["x-ember-cache-hits"] == "2"

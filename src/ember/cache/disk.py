@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -12,9 +14,16 @@ import numpy as np
 from ember.engines.base import Vectors
 from ember.errors import EmberError
 
+log = logging.getLogger(__name__)
+
 
 class DiskCache:
-    """A key → float32 vector table; every call is short and serialised by a lock."""
+    """A key → float32 vector table; every call is short and serialised by a lock.
+
+    A read or write that fails (the file locked by another process past SQLite's busy
+    timeout, a full disk) is logged and counts as a miss or is skipped: a cache never fails
+    a request whose vectors it could compute.
+    """
 
     def __init__(self, path: Path) -> None:
         """Raises EmberError naming the file when it cannot be a cache (a folder, a file that
@@ -34,24 +43,35 @@ class DiskCache:
     def get_many(self, keys: Sequence[bytes]) -> list[Vectors | None]:
         found: dict[bytes, Vectors] = {}
         with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                rows = self._connection.execute(
-                    f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", chunk
-                ).fetchall()
-                for key, blob in rows:
-                    found[bytes(key)] = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            try:
+                for start in range(0, len(keys), 500):
+                    chunk = list(keys[start : start + 500])
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._connection.execute(
+                        f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", chunk
+                    ).fetchall()
+                    for key, blob in rows:
+                        found[bytes(key)] = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            except sqlite3.Error as exc:
+                log.warning("cannot read the embedding cache (%s): computing instead", exc)
         return [found.get(key) for key in keys]
 
     def put_many(self, items: Sequence[tuple[bytes, Vectors]]) -> None:
         rows = [(key, np.asarray(vector, dtype="<f4").tobytes()) for key, vector in items]
         with self._lock:
-            self._connection.execute("BEGIN")
-            self._connection.executemany(
-                "INSERT OR REPLACE INTO embeddings (key, vector) VALUES (?, ?)", rows
-            )
-            self._connection.execute("COMMIT")
+            try:
+                self._connection.execute("BEGIN")
+                self._connection.executemany(
+                    "INSERT OR REPLACE INTO embeddings (key, vector) VALUES (?, ?)", rows
+                )
+                self._connection.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # Left open, the transaction failed every later write ("cannot start a
+                # transaction within a transaction") until a restart.
+                if self._connection.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._connection.execute("ROLLBACK")
+                log.warning("cannot store %d vectors in the embedding cache (%s)", len(rows), exc)
 
     def close(self) -> None:
         with self._lock:
