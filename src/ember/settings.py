@@ -76,6 +76,11 @@ class ServerSettings(BaseSettings):
     cache_path: Path | None = Field(
         default=None, description="SQLite file that keeps cached vectors across restarts."
     )
+    cache_path_max_entries: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Vectors the cache file keeps at most; the oldest stored go first.",
+    )
     max_loaded_memory_mb: int | None = Field(
         default=None,
         ge=1,

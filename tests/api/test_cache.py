@@ -83,3 +83,16 @@ def test_a_cache_file_locked_by_another_process_never_fails_a_request(
         post(client, {"input": "stored after"})
         again = post(client, {"input": ["stored after", "stored before"]})
     assert again.headers["x-ember-cache-hits"] == "2"
+
+
+def test_the_cache_file_keeps_at_most_its_cap(default_models_dir: Path, tmp_path: Path) -> None:
+    settings = ServerSettings(
+        home=tmp_path,
+        models_dir=default_models_dir,
+        cache_path=tmp_path / "cache.sqlite",
+        cache_path_max_entries=2,
+    )
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        post(client, {"input": ["first", "second", "third"]})
+        again = post(client, {"input": ["first", "third"]})
+    assert again.headers["x-ember-cache-hits"] == "1", "the oldest stored, 'first', was evicted"

@@ -59,7 +59,7 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
     )
     app.state.settings = settings
     cache = (
-        EmbeddingCache(settings.cache_entries, settings.cache_path)
+        EmbeddingCache(settings.cache_entries, settings.cache_path, settings.cache_path_max_entries)
         if settings.cache_entries > 0 or settings.cache_path is not None
         else None
     )

@@ -32,9 +32,11 @@ def model_fingerprint(weights: Sequence[Path], settings_json: str) -> bytes:
 class EmbeddingCache:
     """Memory first, then disk; stores what was computed in both."""
 
-    def __init__(self, entries: int, path: Path | None = None) -> None:
+    def __init__(
+        self, entries: int, path: Path | None = None, path_max_entries: int = 1_000_000
+    ) -> None:
         self._memory = MemoryCache(entries)
-        self._disk = DiskCache(path) if path is not None else None
+        self._disk = DiskCache(path, path_max_entries) if path is not None else None
 
     @staticmethod
     def keys(fingerprint: bytes, sequences: Sequence[TokenIds]) -> list[bytes]:
