@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from ember.settings import ServerSettings
+from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
 
 MODEL = "all-MiniLM-L6-v2"
@@ -96,3 +97,18 @@ def test_the_cache_file_keeps_at_most_its_cap(default_models_dir: Path, tmp_path
         post(client, {"input": ["first", "second", "third"]})
         again = post(client, {"input": ["first", "third"]})
     assert again.headers["x-ember-cache-hits"] == "1", "the oldest stored, 'first', was evicted"
+
+
+def test_a_model_whose_weights_cannot_be_read_is_served_uncached(tmp_path: Path) -> None:
+    """The cache keys on a hash of the weights; a loaded model whose file has gone since (here:
+    a fake model, which has none) answered 500."""
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "no-weights-file")
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, cache_entries=10)
+    payload = {"model": "no-weights-file", "input": ["a", "b"]}
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        responses = [client.post("/v1/embeddings", json=payload) for _ in range(2)]
+    for response in responses:
+        assert response.status_code == 200, response.text
+        assert len(response.json()["data"]) == 2
+        assert response.headers["x-ember-cache-hits"] == "0"

@@ -4,6 +4,7 @@ abandoned when the client disconnects or the request times out."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from ember.engines.base import Engine, TokenIds, Vectors
 from ember.errors import RequestTimedOut
 from ember.models.graph_files import graph_files
 from ember.models.loader import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 class ClientGone(Exception):
@@ -33,13 +36,19 @@ class Fingerprints:
 
     _known: dict[str, tuple[weakref.ref[LoadedModel], bytes]] = field(default_factory=dict)
 
-    async def of(self, model: LoadedModel) -> bytes:
+    async def of(self, model: LoadedModel) -> bytes | None:
+        """None when the weights cannot be read now (removed or replaced since the model
+        loaded): the loaded model still serves, uncached."""
         known = self._known.get(model.settings.id)
         if known is not None and known[0]() is model:
             return known[1]
-        weights = graph_files(model.folder / model.settings.model_file)
         settings_json = model.settings.model_dump_json()
-        fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
+        try:
+            weights = graph_files(model.folder / model.settings.model_file)
+            fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
+        except OSError as exc:
+            log.warning("serving %s uncached: cannot read its weights (%s)", model.settings.id, exc)
+            return None
         self._known[model.settings.id] = (weakref.ref(model), fingerprint)
         return fingerprint
 
@@ -49,9 +58,10 @@ async def compute_vectors(
 ) -> tuple[Vectors, int]:
     """The vectors of `sequences` in order, and how many came from the cache."""
     cache = state.cache
-    if cache is None:
+    fingerprint = None if cache is None else await state.fingerprints.of(model)
+    if cache is None or fingerprint is None:
         return await _scheduled(request, state, model, sequences), 0
-    keys = EmbeddingCache.keys(await state.fingerprints.of(model), sequences)
+    keys = EmbeddingCache.keys(fingerprint, sequences)
     found = await asyncio.to_thread(cache.lookup, keys)
     missing = [position for position, vector in enumerate(found) if vector is None]
     hits = len(sequences) - len(missing)
