@@ -34,11 +34,11 @@ class Fingerprints:
     budget kept its engine (its sessions' memory) until it was loaded again.
     """
 
-    _known: dict[str, tuple[weakref.ref[LoadedModel], bytes]] = field(default_factory=dict)
+    _known: dict[str, tuple[weakref.ref[LoadedModel], bytes | None]] = field(default_factory=dict)
 
     async def of(self, model: LoadedModel) -> bytes | None:
-        """None when the weights cannot be read now (removed or replaced since the model
-        loaded): the loaded model still serves, uncached."""
+        """None when the weights cannot be read (removed or replaced since the model loaded):
+        the loaded model still serves, uncached, until it is loaded again."""
         known = self._known.get(model.settings.id)
         if known is not None and known[0]() is model:
             return known[1]
@@ -48,7 +48,7 @@ class Fingerprints:
             fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
         except OSError as exc:
             log.warning("serving %s uncached: cannot read its weights (%s)", model.settings.id, exc)
-            return None
+            fingerprint = None
         self._known[model.settings.id] = (weakref.ref(model), fingerprint)
         return fingerprint
 
