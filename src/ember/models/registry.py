@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -210,12 +211,17 @@ class ModelRegistry:
         """Release a loaded model; returns whether it was loaded.
 
         The engine is dropped, not closed: a batch already running on it keeps its own
-        reference and finishes; the memory goes when that batch does.
+        reference and finishes; the memory goes when that batch does. Otherwise it goes on a
+        thread of its own: freeing a model's runtime sessions took 22-37 ms (MiniLM fp32 and int8), on the event
+        loop that called this, stalling every request meanwhile.
         """
         entry = self.find(name)
         if entry.loaded is None:
             return False
+        held = [entry.loaded]  # the only reference this frame keeps, cleared on the thread
         entry.loaded = None
+        # Not a daemon: a session freed while the interpreter exits can abort the process.
+        threading.Thread(target=held.clear, name=f"unload-{entry.model_id}").start()
         log.info("unloaded %s", entry.model_id)
         return True
 
