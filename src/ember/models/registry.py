@@ -212,8 +212,8 @@ class ModelRegistry:
 
         The engine is dropped, not closed: a batch already running on it keeps its own
         reference and finishes; the memory goes when that batch does. Otherwise it goes on a
-        thread of its own: freeing a model's runtime sessions took 22-37 ms (MiniLM fp32 and int8), on the event
-        loop that called this, stalling every request meanwhile.
+        thread of its own: freeing a model's runtime sessions took 22-37 ms (MiniLM, fp32 and
+        int8) on the event loop that called this, stalling every request meanwhile.
         """
         entry = self.find(name)
         if entry.loaded is None:
