@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from ember.engines.base import Engine, TokenBatch, Vectors
+from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
 from ember.engines.fake import FakeEngine
 from ember.errors import EngineFailure
 from ember.scheduler.batching import PendingPool, WorkItem
@@ -243,6 +243,20 @@ def test_a_lone_batch_runs_alone_and_no_lane_starts_beside_it() -> None:
     assert max(inside for _, _, inside in engine.calls) == 1, "two lanes ran at once"
 
 
+async def one_then_another(
+    worker: ModelWorker, first: list[TokenIds], then: list[TokenIds], timeout: float = 5
+) -> tuple[BaseException | Vectors, Vectors]:
+    """The outcome of request `first` (its error, if it failed), then the vectors of request
+    `then`, sent once `first` ended; each within `timeout` seconds, not left hanging."""
+    try:
+        outcome = await asyncio.wait_for(
+            asyncio.gather(worker.embed(first), return_exceptions=True), timeout
+        )
+        return outcome[0], await asyncio.wait_for(worker.embed(then), timeout)
+    finally:
+        await worker.close()
+
+
 def test_a_bug_in_forming_a_batch_fails_the_pending_requests_not_the_lane(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -261,21 +275,10 @@ def test_a_bug_in_forming_a_batch_fails_the_pending_requests_not_the_lane(
     async def source(_reload: bool) -> Engine:
         return FakeEngine(8, {"lanes": 1})
 
-    async def scenario() -> tuple[BaseException | Vectors, Vectors]:
-        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
-        try:
-            first = await asyncio.wait_for(
-                asyncio.gather(
-                    worker.embed([np.arange(3, dtype=np.int64)]), return_exceptions=True
-                ),
-                timeout=10,
-            )
-            after = await asyncio.wait_for(worker.embed([np.arange(4, dtype=np.int64)]), 10)
-            return first[0], after
-        finally:
-            await worker.close()
-
-    failed, after = asyncio.run(scenario())
+    worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+    failed, after = asyncio.run(
+        one_then_another(worker, [np.arange(3, dtype=np.int64)], [np.arange(4, dtype=np.int64)])
+    )
     assert isinstance(failed, EngineFailure), failed
     assert "RuntimeError" in str(failed)
     assert after.shape == (1, 8), "the same lane serves the next request"
@@ -311,20 +314,10 @@ def test_an_engine_answer_short_of_rows_fails_its_request_and_the_model_is_reloa
         loads.append(reload)
         return ShortAnsweringEngine({"lanes": lanes}, short_answers)
 
-    async def scenario() -> tuple[BaseException | Vectors, Vectors]:
-        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
-        try:
-            # One batch (or one per lane) holds the whole request: no item is left pending.
-            sequences = [np.arange(30, dtype=np.int64) + n for n in range(2)]
-            first = await asyncio.wait_for(
-                asyncio.gather(worker.embed(sequences), return_exceptions=True), timeout=5
-            )
-            after = await asyncio.wait_for(worker.embed(sequences), 5)
-            return first[0], after
-        finally:
-            await worker.close()
-
-    failed, after = asyncio.run(scenario())
+    worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+    # One batch (or one per lane) holds the whole request: no item is left pending.
+    sequences = [np.arange(30, dtype=np.int64) + n for n in range(2)]
+    failed, after = asyncio.run(one_then_another(worker, sequences, sequences))
     assert isinstance(failed, EngineFailure), failed
     assert "ValueError" in str(failed)
     assert True in loads, "the model is reloaded after the fault"
