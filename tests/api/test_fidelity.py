@@ -85,13 +85,35 @@ def test_model_token_ids_give_the_same_vectors_as_text(http: httpx.Client) -> No
         assert response.json()["usage"]["prompt_tokens"] == 11
 
 
-def test_bare_model_ids_that_also_read_as_cl100k_are_the_models(http: httpx.Client) -> None:
+@pytest.mark.parametrize(
+    ("text", "cl100k_ids"),
+    [
+        ("hello hello hello hello", [15339, 24748, 24748, 24748]),
+        ("apple search quick brown document", [23182, 2778, 4062, 14198, 2246]),
+    ],
+)
+def test_bare_ids_that_read_in_both_vocabularies_are_cl100k(
+    http: httpx.Client, text: str, cl100k_ids: list[int]
+) -> None:
+    """As LangChain's OpenAIEmbeddings sends them. Every id is inside the model's vocabulary
+    too, and read as the model's they decode to words its tokenizer reproduces ("denise
+    haste haste haste"): they were served as the model's ids, giving wrong vectors."""
+    by_ids = http.post("/v1/embeddings", json={"model": MODEL, "input": [cl100k_ids]})
+    by_text = http.post("/v1/embeddings", json={"model": MODEL, "input": text}).json()
+    assert by_ids.headers["x-ember-token-ids"] == "cl100k_base; retokenized"
+    vector = by_ids.json()["data"][0]["embedding"]
+    assert cosines([vector], [by_text["data"][0]["embedding"]])[0] > 0.99999
+
+
+def test_model_ids_that_read_in_both_vocabularies_are_the_models_when_wrapped(
+    http: httpx.Client,
+) -> None:
     sentence = "What is the capital of France?"
-    # The model's ids, unwrapped; read as cl100k they decode to "boxoin.lengthreactNode
-    # provml", which cl100k encodes back to the same ids.
+    # The model's ids; bare, they read as cl100k too ("boxoin.lengthreactNode provml"),
+    # and bare arrays are read as OpenAI clients send them: as cl100k.
     ids = [2054, 2003, 1996, 3007, 1997, 2605, 1029]
     expected = http.post("/v1/embeddings", json={"model": MODEL, "input": sentence}).json()
-    response = http.post("/v1/embeddings", json={"model": MODEL, "input": [ids, ids[:4]]})
+    response = http.post("/v1/embeddings", json={"model": MODEL, "input": [[101, *ids, 102]]})
     assert response.status_code == 200
     assert "x-ember-token-ids" not in response.headers
     vector = response.json()["data"][0]["embedding"]
