@@ -84,9 +84,11 @@ class ModelWorker:
             return self._pool.queued_items
 
     def set_token_budget(self, token_budget: int) -> None:
-        """Batches formed from now on hold at most `token_budget` padded tokens."""
-        with self._ready:
-            self._pool.token_budget = token_budget
+        """Batches formed from now on hold at most `token_budget` padded tokens. Asked on
+        every request; the lock is taken only for a change."""
+        if self._pool.token_budget != token_budget:
+            with self._ready:
+                self._pool.token_budget = token_budget
 
     async def embed(self, sequences: Sequence[TokenIds]) -> Vectors:
         """Vectors for `sequences`, in order; cancelling the await drops the queued work."""
