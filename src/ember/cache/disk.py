@@ -105,12 +105,12 @@ class DiskCache:
         excess = rows - self._max_entries
         if excess > 0:
             excess += int(self._max_entries * _EVICTION_SLACK)
-            self._connection.execute(
+            deleted = self._connection.execute(
                 "DELETE FROM embeddings WHERE rowid IN "
                 "(SELECT rowid FROM embeddings ORDER BY rowid LIMIT ?)",
                 (excess,),
-            )
-            rows = self._count()
+            ).rowcount
+            rows -= deleted
         self._rows_at_most = rows
 
     def close(self) -> None:
