@@ -40,8 +40,8 @@ from ember.bulk.writers import (
     has_partial,
     open_writer,
 )
-from ember.engines.base import TokenBatch, TokenIds, embed_on_lanes
-from ember.errors import DimensionsNotSupported, ModelNotEmbedding
+from ember.engines.base import TokenBatch, TokenIds, Vectors, embed_on_lanes
+from ember.errors import DimensionsNotSupported, EmberError, EngineFailure, ModelNotEmbedding
 from ember.models.loader import LoadedModel
 from ember.models.prompts import prompt_for
 from ember.models.settings import ModelSettings
@@ -272,7 +272,7 @@ def _embed_chunk(
     lengths = [len(sequence) for sequence in sequences]
     batches = token_batches(lengths, options.batch_tokens)
     engine_batches = [TokenBatch([sequences[number] for number in batch]) for batch in batches]
-    results = embed_on_lanes(model.engine, engine_batches)
+    results = _engine_results(model, engine_batches, first_index, len(rows))
     for batch, vectors in zip(batches, results, strict=True):
         native[positions[batch]] = vectors
         if progress is not None:
@@ -293,6 +293,23 @@ def _embed_chunk(
         truncated=truncated,
         empty=len(rows) - len(positions),
     )
+
+
+def _engine_results(
+    model: LoadedModel, batches: list[TokenBatch], first_index: int, rows: int
+) -> Iterator[Vectors]:
+    """The engine's vectors batch by batch; its own fault becomes one EngineFailure naming the
+    rows, not a traceback (the chunks before are saved, so the same command resumes)."""
+    try:
+        yield from embed_on_lanes(model.engine, batches)
+    except EmberError:
+        raise
+    except Exception as exc:
+        raise EngineFailure(
+            f"The model '{model.settings.id}' failed on rows {first_index}-"
+            f"{first_index + rows - 1} ({type(exc).__name__}: {exc}); the {first_index:,} rows "
+            "before are saved, so the same command resumes from there."
+        ) from exc
 
 
 def _tokenised(

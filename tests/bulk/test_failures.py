@@ -1,0 +1,34 @@
+"""`ember embed` failing part-way: one clear message, a non-zero exit, and a run that resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ember.bulk.checkpoint import checkpoint_path, read_checkpoint
+from tests.bulk.conftest import Invoke
+from tests.support.models import WORDS, write_fake_model
+
+FAILING_MODEL = "fake-failing"
+JUMPS = 4 + WORDS.index("jumps")  # its id in the tiny tokenizer, after four special tokens
+
+
+def test_an_engine_fault_is_one_message_and_keeps_the_rows_before_it(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    write_fake_model(fake_models_dir, FAILING_MODEL, fake={"fail_token": JUMPS})
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\nthe lazy dog\nthe fox jumps\nlast line\n")
+    output = tmp_path / "v.jsonl"
+    args = ["embed", source, "-o", output, "--models-dir", fake_models_dir, "--chunk-rows", "2"]
+
+    failed = invoke(*args, "-m", FAILING_MODEL)
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert "Error: The model 'fake-failing' failed on rows 2-3 (RuntimeError: injected" in (
+        failed.output
+    )
+    assert "the 2 rows before are saved" in failed.output
+    assert not output.exists()
+    saved = read_checkpoint(checkpoint_path(output))
+    assert saved is not None
+    assert saved.rows_done == 2
