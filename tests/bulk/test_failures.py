@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ember.bulk.checkpoint import checkpoint_path, read_checkpoint
-from tests.bulk.conftest import Invoke
+from tests.bulk.conftest import FAKE_MODEL, Invoke
 from tests.support.models import WORDS, write_fake_model
 
 FAILING_MODEL = "fake-failing"
@@ -32,3 +32,24 @@ def test_an_engine_fault_is_one_message_and_keeps_the_rows_before_it(
     saved = read_checkpoint(checkpoint_path(output))
     assert saved is not None
     assert saved.rows_done == 2
+
+
+def test_a_bad_row_leaves_nothing_that_blocks_the_run_after_the_fix(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    # The fixed input is another file to the checkpoint (size, time, hash): a checkpoint kept
+    # after the error could never be resumed, and made the corrected run ask for --restart.
+    source = tmp_path / "input.txt"
+    source.write_bytes(b"hello world\nthe lazy dog\ncaf\xe9\nlast line\n")
+    output = tmp_path / "v.jsonl"
+    args = ["embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir", fake_models_dir]
+
+    failed = invoke(*args, "--chunk-rows", "2")
+    assert failed.exit_code == 1
+    assert "Error: input.txt line 3: not UTF-8" in failed.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "models"]
+
+    source.write_text("hello world\nthe lazy dog\ncafé\nlast line\n")
+    fixed = invoke(*args, "--chunk-rows", "2")
+    assert fixed.exit_code == 0, fixed.output
+    assert "Embedded 4 rows" in fixed.output

@@ -206,6 +206,13 @@ def _run_locked(
             seconds = time.perf_counter() - started
         finally:
             writer.close()
+    except InputUnreadable:
+        # Only another input (or other options) can get past a bad row, and no checkpoint
+        # resumes on another input: kept, it would only make the corrected run ask for
+        # --restart.
+        discard_partial(job.output_path)
+        remove_checkpoint(saved_at)
+        raise
     finally:
         model.engine.close()
     return _summary(spec, checkpoint, resumed, checkpoint.rows_done - resumed, tokens, seconds)
@@ -355,7 +362,7 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 def _changed_while_reading(counted: int) -> InputUnreadable:
     return InputUnreadable(
         f"The input changed while it was read: it was counted at {counted} rows. "
-        "Run again with --restart on a file nobody is writing to."
+        "Run again once nobody is writing to it."
     )
 
 
