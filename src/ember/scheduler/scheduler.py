@@ -1,4 +1,4 @@
-"""One worker per model, created on first use."""
+"""One worker per model, created on first use and forgotten once retired (see ModelWorker)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class Scheduler:
         self._max_queued_items = max_queued_items
         self._observe_batch = observe_batch
         self._workers: dict[str, ModelWorker] = {}
+        self._reported: set[str] = set()  # the models queue_depths last reported
 
     async def submit(
         self,
@@ -29,6 +30,7 @@ class Scheduler:
         their vectors (see ModelWorker.submit)."""
         worker = self._workers.get(model_id)
         if worker is None:
+            self._forget_retired()
             worker = ModelWorker(
                 model_id,
                 engine_source,
@@ -42,7 +44,20 @@ class Scheduler:
         return await worker.submit(sequences)
 
     def queue_depths(self) -> dict[str, int]:
-        return {model_id: worker.queued_items for model_id, worker in self._workers.items()}
+        """Inputs waiting, by model; a model whose worker was forgotten since the last call
+        shows 0, so a gauge set from this does not keep its last depth."""
+        depths = dict.fromkeys(self._reported - self._workers.keys(), 0)
+        depths.update((model_id, worker.queued_items) for model_id, worker in self._workers.items())
+        self._reported = set(self._workers)
+        return depths
+
+    def _forget_retired(self) -> None:
+        """Drop the workers whose models were unloaded or removed and that hold nothing more.
+        Asked when a worker is made, so workers never outnumber the models in use by more
+        than one; forgetting needs no lock, as only this event loop admits work."""
+        retired = [model_id for model_id, worker in self._workers.items() if worker.retired]
+        for model_id in retired:
+            del self._workers[model_id]
 
     async def close(self) -> None:
         for worker in self._workers.values():

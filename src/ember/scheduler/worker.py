@@ -13,15 +13,22 @@ beside it would oversubscribe the cores).
 
 One exception: a short request that finds the model idle runs on the event loop's own thread,
 when the engine is known to answer such requests fast (see INLINE_MAX_SECONDS).
+
+Lanes live as long as the engine they serve: once it is freed (the model unloaded by
+keep_alive or the memory budget, or dropped with its folder), idle lanes end, and work that
+comes later starts new ones for the engine it brings. Kept waiting, they added up: 2 threads
+per model removed, for as long as the server ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 
 from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
@@ -68,6 +75,11 @@ class ModelWorker:
         self._ready = threading.Condition()
         self._pool = PendingPool(token_budget)
         self._engine: Engine | None = None  # held only while work is pending (unload frees it)
+        # The engine lanes serve, referenced weakly and cleared on the event loop once freed;
+        # its lanes. Never dereferenced on the event loop: that could free it there.
+        self._current: weakref.ref[Engine] | None = None
+        self._current_lanes = 0
+        self._admitting = 0  # submits under way (on the event loop): see `retired`
         self._recovering = 0  # faults being handled on the event loop: lanes wait
         self._running = 0  # lanes inside engine.embed
         self._alone = False  # a batch runs alone: the other lanes wait until it returns
@@ -82,6 +94,20 @@ class ModelWorker:
     def queued_items(self) -> int:
         with self._ready:
             return self._pool.queued_items
+
+    @property
+    def retired(self) -> bool:
+        """Whether nothing is left of it but the object: no live engine, lane, work or request
+        being admitted. On the event loop, a retired worker can be forgotten (see Scheduler)."""
+        with self._ready:
+            return not (
+                self._admitting
+                or self._threads
+                or self._running
+                or self._recovering
+                or self._pool
+                or self._current is not None
+            )
 
     def set_token_budget(self, token_budget: int) -> None:
         """Batches formed from now on hold at most `token_budget` padded tokens. Asked on
@@ -102,9 +128,14 @@ class ModelWorker:
     async def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[Vectors]:
         """Queue `sequences`; the future gets their vectors in order (already, when the request
         ran on this thread). Cancelling the future drops the queued work."""
-        engine = await self._engine_source(False)  # loads the model on first use
+        self._admitting += 1  # a retired worker is forgotten: not while this one waits
+        try:
+            engine = await self._engine_source(False)  # loads the model on first use
+        finally:
+            self._admitting -= 1
         job = EmbeddingJob(sequences, asyncio.get_running_loop().create_future())
         with self._ready:
+            self._serve_engine(engine)
             waiting = self._pool.queued_items
             # An idle queue takes any request: one larger than the bound would otherwise get
             # 429 forever, and retrying it could never help.
@@ -207,6 +238,34 @@ class ModelWorker:
         for thread in threads:
             await asyncio.to_thread(thread.join)
 
+    def _serve_engine(self, engine: Engine) -> None:
+        """Under the lock, on the event loop (the caller holds `engine`): lanes serve it from
+        now on, and end once it is freed."""
+        if self._current is None or self._current() is not engine:
+            self._loop = asyncio.get_running_loop()
+            self._current = weakref.ref(engine, self._engine_freed)
+            self._current_lanes = engine.lanes
+
+    def _engine_freed(self, freed: weakref.ref[Engine]) -> None:
+        """On whichever thread freed the engine, maybe inside another lock or the garbage
+        collector: it only hands the news to the event loop, so it can never block."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone: nothing to end
+                loop.call_soon_threadsafe(self._forget_engine, freed)
+
+    def _forget_engine(self, freed: weakref.ref[Engine]) -> None:
+        """On the event loop: the engine is gone; its idle lanes end."""
+        with self._ready:
+            if self._current is freed:
+                self._current, self._current_lanes = None, 0
+                self._ready.notify_all()
+
+    def _lane_surplus(self) -> bool:
+        """Under the lock, in an idle lane: more lanes than the engine wants (none once it
+        is freed), and no work they could be needed for."""
+        return len(self._threads) > self._current_lanes and not (self._recovering or self._pool)
+
     def _start_lanes(self, lanes: int) -> None:
         self._loop = asyncio.get_running_loop()
         while len(self._threads) < lanes:
@@ -217,17 +276,22 @@ class ModelWorker:
             thread.start()
 
     def _serve(self) -> None:
-        """One lane, kept alive: an unexpected error in forming a batch (a bug, not an
-        engine fault) fails the pending requests instead of ending the thread. A dead
-        lane is never replaced, so a one-lane model would answer nothing again."""
-        while True:
-            try:
-                self._serve_batches()
-                return
-            except Exception as exc:
-                log.exception("a lane of %s failed outside the engine", self.name)
-                if not self._fail_pending_after(exc):
+        """One lane, kept alive while its engine is: an unexpected error in forming a batch
+        (a bug, not an engine fault) fails the pending requests instead of ending the
+        thread, which would leave a one-lane model answering nothing until reloaded."""
+        try:
+            while True:
+                try:
+                    self._serve_batches()
                     return
+                except Exception as exc:
+                    log.exception("a lane of %s failed outside the engine", self.name)
+                    if not self._fail_pending_after(exc):
+                        return
+        finally:
+            with self._ready:
+                if threading.current_thread() in self._threads:
+                    self._threads.remove(threading.current_thread())
 
     def _fail_pending_after(self, exc: Exception) -> bool:
         """Fail the pending requests after a lane's unexpected error; False once the event
@@ -256,12 +320,17 @@ class ModelWorker:
             pass
 
     def _serve_next_batch(self) -> bool:
-        """Wait for work, take a batch, run it and post the result; False once closed (or
-        the event loop is gone)."""
+        """Wait for work, take a batch, run it and post the result; False once closed, once
+        this lane is not needed (see _lane_surplus) or once the event loop is gone."""
         loop = self._loop
         assert loop is not None
         with self._ready:
             while not self._closed and (self._recovering or self._alone or not self._pool):
+                if self._lane_surplus():
+                    # Decided and done under the lock: work queued from now on sees one
+                    # lane fewer and starts another if it needs one.
+                    self._threads.remove(threading.current_thread())
+                    return False
                 self._ready.wait()
             if self._closed:
                 return False
@@ -352,6 +421,8 @@ class ModelWorker:
             self._fail_everything_pending(exc)
         finally:
             with self._ready:
+                if engine is not None:
+                    self._serve_engine(engine)
                 self._engine = engine if self._pool else None
                 self._recovering -= 1
                 self._ready.notify_all()
