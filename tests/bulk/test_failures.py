@@ -53,3 +53,24 @@ def test_a_bad_row_leaves_nothing_that_blocks_the_run_after_the_fix(
     fixed = invoke(*args, "--chunk-rows", "2")
     assert fixed.exit_code == 0, fixed.output
     assert "Embedded 4 rows" in fixed.output
+
+
+def test_an_existing_output_is_kept_unless_the_run_is_told_to_replace_it(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\n")
+    output = tmp_path / "results.jsonl"
+    output.write_text('{"someone else\'s": "data"}\n')
+    args = ["embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir", fake_models_dir]
+
+    refused = invoke(*args)
+    assert refused.exit_code == 1
+    assert f"Error: {output} already exists" in refused.output
+    assert "pass --restart to replace it" in refused.output
+    assert output.read_text() == '{"someone else\'s": "data"}\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "models", output.name]
+
+    replaced = invoke(*args, "--restart")
+    assert replaced.exit_code == 0, replaced.output
+    assert output.read_text().startswith('{"index":0,"embedding":[')

@@ -7,6 +7,7 @@ The tree (each is an `ember.errors.EmberError`; the CLI prints the message)::
     ├── CheckpointMismatch   the checkpoint was made by a different run: refuse to resume
     ├── CheckpointBroken     the checkpoint or the partial output it describes is damaged
     ├── OutputBusy           another run is writing the same output now
+    ├── OutputExists         OUTPUT is there and no checkpoint says this run is making it
     └── ExtraMissing         a format needs an optional extra that is not installed
 """
 
@@ -33,6 +34,10 @@ class CheckpointBroken(BulkError):
 
 class OutputBusy(BulkError):
     """Another run holds the output's lock: two runs would write over each other's rows."""
+
+
+class OutputExists(BulkError):
+    """OUTPUT exists and is no run's unfinished work: replacing it needs --restart."""
 
 
 class ExtraMissing(BulkError):

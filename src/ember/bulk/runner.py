@@ -28,7 +28,7 @@ from ember.bulk.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from ember.bulk.errors import BulkError, InputUnreadable
+from ember.bulk.errors import BulkError, InputUnreadable, OutputExists
 from ember.bulk.formats import InputFormat, OutputFormat, require_pyarrow
 from ember.bulk.lock import output_lock
 from ember.bulk.readers import Reader, Row, open_reader
@@ -168,6 +168,11 @@ def _run_locked(
     """The run proper, from its checkpoint on, while it alone holds the output's lock."""
     saved_at = checkpoint_path(job.output_path)
     saved = None if restart else read_checkpoint(saved_at)
+    if saved is None and not restart and job.output_path.exists():
+        raise OutputExists(
+            f"{job.output_path} already exists and no checkpoint says this run made it; "
+            "pass --restart to replace it, or choose another OUTPUT."
+        )
     if saved is not None:
         check_same_run(saved_at, saved, identity)
     else:

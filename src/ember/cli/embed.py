@@ -97,7 +97,7 @@ from ember.models.registry import ModelRegistry
     "--resume/--restart",
     default=True,
     show_default=True,
-    help="Continue an interrupted run from its checkpoint, or start over.",
+    help="Continue an interrupted run from its checkpoint, or start over (replacing OUTPUT).",
 )
 @home_options
 def embed(
@@ -119,7 +119,8 @@ def embed(
     """Embed every row of INPUT (txt, JSONL, CSV or Parquet) into OUTPUT, without a server.
 
     Rows with no text keep their place and get no vector (null; zeros in .npy). An
-    interrupted run resumes where its checkpoint says, with the same command.
+    interrupted run resumes where its checkpoint says, with the same command; an OUTPUT
+    that exists otherwise is replaced only with --restart.
     """
     warnings_to_terminal()
     chosen_output = output_format_for(output) if output_format == "auto" else output_format
