@@ -80,3 +80,60 @@ def test_every_field_ember_writes_reads_back(tmp_path: Path) -> None:
     assert set(ModelSettings.model_fields) <= written.model_fields_set
     write_settings(tmp_path, written)
     assert read_settings(tmp_path) == written
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("ctx_len", 8192.0, 8192),
+        ("ngl", 0.0, 0),
+        ("ubatch_size", 256.0, 256),
+        ("lanes", 2.0, 2),
+        ("dimensions", 8.0, 8),
+        ("matryoshka_dimensions", [4.0, 2.0], [4, 2]),
+        ("ctx_len", 1e3, 1000),
+    ],
+)
+def test_a_whole_number_written_as_a_float_reads_as_an_integer(
+    tmp_path: Path, field: str, value: object, expected: object
+) -> None:
+    # JSON has one number type: 8192.0 was refused as "not a valid integer".
+    folder = write_fake_model(tmp_path / "models", "floats", **{field: value})
+    assert getattr(read_settings(folder), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("ctx_len", 8.5, "8.5"),
+        ("ngl", True, "true"),
+        ("ubatch_size", 0.5, "0.5"),
+        ("matryoshka_dimensions", [4.0, 2.5], "2.5"),
+    ],
+)
+def test_a_fraction_or_boolean_for_a_whole_number_is_refused_by_name(
+    tmp_path: Path, field: str, value: object, shown: str
+) -> None:
+    folder = write_fake_model(tmp_path / "models", "fraction", **{field: value})
+    with pytest.raises(InvalidModelSettings) as raised:
+        read_settings(folder)
+    location = f"{field}.1" if isinstance(value, list) else field
+    assert raised.value.message == (
+        f"fraction: invalid model.json: {location}: Input should be a whole number, not {shown}"
+    )
+
+
+def test_models_list_reads_whole_floats_and_names_a_fraction(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "whole", ctx_len=16.0, ubatch_size=64.0, ngl=0.0)
+    write_fake_model(models_dir, "half", ctx_len=16.5)
+    listed = subprocess.run(
+        [sys.executable, "-m", "ember", "models", "list", "--models-dir", str(models_dir)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = listed.stdout.splitlines()
+    assert lines[1].split() == ["whole", "fake", "8", "dims", "16", "tokens", "embedding"]
+    assert lines[0].split(None, 1) == [
+        "half",
+        "error: half: invalid model.json: ctx_len: Input should be a whole number, not 16.5",
+    ]

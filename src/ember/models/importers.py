@@ -105,7 +105,7 @@ def add_gguf_file(
     options: AddOptions,
     *,
     model_id: str | None = None,
-    jan: Mapping[str, Any] | None = None,
+    jan_settings: Mapping[str, Any] | None = None,
 ) -> ModelSettings:
     """Settings from the file's own metadata; Jan's model.yml and the options win over it."""
     model_id = options.model_id or model_id or _safe_id(gguf_path.stem)
@@ -129,8 +129,7 @@ def add_gguf_file(
     }
     if architecture.startswith("nomic-bert"):
         raw["prompts"] = dict(NOMIC_PROMPTS)
-    if jan is not None:
-        raw.update(jan_overrides(jan))
+    raw.update(jan_settings or {})
     raw.update(_option_overrides(options))
     settings = parse_settings(raw, model_id)
     with _staged_folder(models_dir, settings.id) as staging:
@@ -143,7 +142,9 @@ def add_jan_model(yml_path: Path, models_dir: Path, options: AddOptions) -> Mode
     """One Jan model: its model.yml names the GGUF file and says whether it embeds."""
     jan = read_jan_settings(yml_path)
     gguf_path = jan_weights(yml_path, jan)
-    return add_gguf_file(gguf_path, models_dir, options, model_id=jan_id(yml_path, jan), jan=jan)
+    overrides = jan_overrides(jan, yml_path)
+    model_id = jan_id(yml_path, jan)
+    return add_gguf_file(gguf_path, models_dir, options, model_id=model_id, jan_settings=overrides)
 
 
 def add_jan_data_folder(

@@ -3,6 +3,7 @@ settings that mean something to Ember."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,35 @@ def read_jan_settings(yml_path: Path) -> dict[str, Any]:
     return loaded
 
 
-def jan_overrides(jan: Mapping[str, Any]) -> dict[str, Any]:
-    """Jan's keys that mean something here: embedding, ctx_len (0 = the model's), ngl."""
+def jan_overrides(jan: Mapping[str, Any], yml_path: Path) -> dict[str, Any]:
+    """Jan's keys that mean something here: embedding, ctx_len (0 = the model's), ngl (< 0:
+    llama.cpp's choice, so Ember's default)."""
     found: dict[str, Any] = {}
     if isinstance(jan.get("embedding"), bool):
         found["embedding"] = jan["embedding"]
-    ctx_len = jan.get("ctx_len")
-    if isinstance(ctx_len, int) and ctx_len > 0:
+    ctx_len = _whole_number(jan, "ctx_len", yml_path)
+    if ctx_len is not None and ctx_len > 0:
         found["ctx_len"] = ctx_len
-    ngl = jan.get("ngl")
-    if isinstance(ngl, int) and ngl >= 0:
+    ngl = _whole_number(jan, "ngl", yml_path)
+    if ngl is not None and ngl >= 0:
         found["ngl"] = ngl
     if isinstance(jan.get("name"), str):
         found["name"] = jan["name"]
     return found
+
+
+def _whole_number(jan: Mapping[str, Any], key: str, yml_path: Path) -> int | None:
+    """`key` as an integer: 8192.0 is 8192 (as a JSON or YAML round trip may write it); 8.5,
+    true or "8192" are refused by name, where they were silently dropped for the default."""
+    value = jan.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    shown = json.dumps(value, default=str)  # as the file would say it: true, "8192"
+    raise InvalidModelSettings(f"{yml_path}: {key} should be a whole number, not {shown}")
 
 
 def jan_weights(yml_path: Path, jan: Mapping[str, Any]) -> Path:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ember.atomic_write import write_json_atomically
 from ember.errors import InvalidModelSettings
@@ -15,6 +23,24 @@ from ember.pooling import Pooling
 SETTINGS_FILE = "model.json"
 
 EngineName = Literal["onnx", "gguf", "fake"]
+
+
+def _whole_number(value: object) -> object:
+    """8192.0 is 8192: JSON has one number type, and a tool that edits settings may write a
+    whole number that way (a round trip through floats, a UI slider's value). 8.5 and true
+    are refused, saying so (strict mode refused true too, with a vaguer message)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (bool, float)):
+        raise PydanticCustomError(
+            "whole_number",
+            "Input should be a whole number, not {value}",
+            {"value": json.dumps(value)},
+        )
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class ModelSettings(BaseModel):
@@ -34,10 +60,10 @@ class ModelSettings(BaseModel):
     tokenizer_file: str | None = Field(
         default="tokenizer.json", description="HF tokenizer file; None when the engine tokenises."
     )
-    ubatch_size: int = Field(
+    ubatch_size: WholeNumber = Field(
         default=512, ge=1, description="Token budget of one engine call (padded tokens)."
     )
-    lanes: int | None = Field(
+    lanes: WholeNumber | None = Field(
         default=None,
         ge=1,
         description=(
@@ -55,7 +81,9 @@ class ModelSettings(BaseModel):
             "memory; each new batch shape's first call 15-30 ms longer."
         ),
     )
-    ctx_len: int = Field(ge=1, description="Maximum tokens per input, special tokens included.")
+    ctx_len: WholeNumber = Field(
+        ge=1, description="Maximum tokens per input, special tokens included."
+    )
     pooling: Pooling = Field(default="mean", description="How token states become one vector.")
     normalize: bool = Field(default=True, description="L2-normalise the pooled vector.")
     quantize: Literal["int8"] | None = Field(
@@ -66,8 +94,8 @@ class ModelSettings(BaseModel):
         default=None,
         description="Min cosine of the int8 vectors to fp32 ones, measured on held-out text.",
     )
-    dimensions: int = Field(ge=1, description="Length of the vectors the model produces.")
-    matryoshka_dimensions: list[int] = Field(
+    dimensions: WholeNumber = Field(ge=1, description="Length of the vectors the model produces.")
+    matryoshka_dimensions: list[WholeNumber] = Field(
         default_factory=list,
         description="Shorter lengths the model was trained for; empty refuses `dimensions`.",
     )
@@ -85,7 +113,9 @@ class ModelSettings(BaseModel):
     token_ids: Literal["auto", "model", "cl100k"] | None = Field(
         default=None, description="Vocabulary of token-id inputs; None follows the server."
     )
-    ngl: int = Field(default=0, ge=0, description="Layers to offload to a GPU (0: CPU only).")
+    ngl: WholeNumber = Field(
+        default=0, ge=0, description="Layers to offload to a GPU (0: CPU only)."
+    )
     keep_alive: float | None = Field(
         default=None, ge=0, description="Seconds idle before unloading; None keeps it loaded."
     )
@@ -111,7 +141,7 @@ def read_settings(folder: Path) -> ModelSettings:
     Types are strict, as the file is hand-edited: `"normalize": "yes"`, `"ctx_len": "512"` or
     `"embedding": 1` are refused rather than guessed at. Strict on the JSON text, not on a
     parsed dict, so it asks only for what JSON can say: strings still read as enums (should a
-    field become one), whole numbers as floats.
+    field become one), whole numbers as floats, and whole floats (8192.0) as integers.
     """
     path = folder / SETTINGS_FILE
     try:  # utf-8-sig: Windows editors may start the file with a byte-order mark

@@ -1,0 +1,62 @@
+"""Jan's model.yml files as Jan, Cortex or a hand edit write them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.gguf_files import convert_folder, write_jan_model, write_tiny_bert_folder
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sources")
+    bert = write_tiny_bert_folder(folder / "tiny-bert", seed=5)
+    return convert_folder(bert.path, folder / "tiny-bert.gguf")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("EMBER_")]:
+        monkeypatch.delenv(name)
+
+
+def ember(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ember", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_whole_numbers_written_as_floats_are_taken(gguf: Path, tmp_path: Path) -> None:
+    # isinstance(48.0, int) is False: ctx_len and ngl so written were dropped for the defaults.
+    folder = write_jan_model(
+        tmp_path / "jan", "floaty", gguf, embedding=True, ctx_len=48.0, ngl=0.0
+    )
+    models_dir = tmp_path / "models"
+    added = ember("models", "add", str(folder), "--models-dir", str(models_dir))
+    assert added.returncode == 0, added.stderr
+    settings = json.loads((models_dir / "floaty" / "model.json").read_text(encoding="utf-8"))
+    assert (settings["ctx_len"], settings["ngl"]) == (48, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [("ctx_len", 8.5, "8.5"), ("ngl", True, "true"), ("ctx_len", "4096", '"4096"')],
+)
+def test_a_value_that_is_not_a_whole_number_is_refused_by_field_and_file(
+    gguf: Path, tmp_path: Path, field: str, value: object, shown: str
+) -> None:
+    # ngl: true became 1 GPU layer, ctx_len: 8.5 the model's own length, without a word.
+    folder = write_jan_model(tmp_path / "jan", "odd", gguf, embedding=True, **{field: value})
+    models_dir = tmp_path / "models"
+    added = ember("models", "add", str(folder), "--models-dir", str(models_dir))
+    assert added.returncode == 1, added.stdout + added.stderr
+    assert added.stderr == (
+        f"Error: {folder / 'model.yml'}: {field} should be a whole number, not {shown}\n"
+    )
+    assert not models_dir.exists() or list(models_dir.iterdir()) == []
