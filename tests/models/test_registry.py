@@ -1,16 +1,24 @@
-"""Model names two folders claim: which model gets each, and the warning that says so."""
+"""The registry: names two folders claim (which model gets each, and the warning that says
+so), and loaded models whose folders go."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import shutil
 import subprocess
 import sys
+import threading
+import time
+import weakref
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ember.models.loader import LoadedModel
+from ember.models.registry import ModelRegistry
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
@@ -87,3 +95,35 @@ def test_ember_embed_shows_the_warning(models_dir: Path, tmp_path: Path) -> None
     )
     assert f"WARNING: {clash(models_dir, 'beta', 'beta', 'shared')}\n" in result.stderr
     assert len(output.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def freed_on(model: LoadedModel | None) -> list[str]:
+    """The names of the threads that freed `model`'s engine (one, once freed)."""
+    assert model is not None
+    threads: list[str] = []
+    weakref.finalize(model.engine, lambda: threads.append(threading.current_thread().name))
+    return threads
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+def test_a_loaded_model_whose_folder_goes_is_freed_off_the_scanning_thread(
+    tmp_path: Path, change: str
+) -> None:
+    """The registry dropped such a model with its entry, on the thread that rescanned: the
+    event loop (find, /v1/models), which freeing a model's sessions stalls for 22-37 ms."""
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "kept")
+    folder = write_fake_model(models_dir, "going")
+    registry = ModelRegistry(models_dir)
+    asyncio.run(registry.acquire("going"))
+    threads = freed_on(registry.find("going").loaded)
+    if change == "removed":
+        shutil.rmtree(folder)
+    else:
+        write_fake_model(models_dir, "going", dimensions=4)
+    registry.rescan()
+    deadline = time.monotonic() + 5
+    while not threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threads == ["unload-going"]
+    registry.close()

@@ -125,7 +125,11 @@ class ModelRegistry:
             ):
                 entry = previous
             found[entry.model_id] = entry
+        kept = {id(entry) for entry in found.values()}
+        dropped = [entry for entry in self._models.values() if id(entry) not in kept]
         self._models = found
+        for entry in dropped:  # its folder is gone or another one now
+            self._release(entry)
         self._names = {model_id: model_id for model_id in found}
         for model_id, entry in found.items():
             for alias in entry.settings.aliases if entry.settings else ():
@@ -215,7 +219,11 @@ class ModelRegistry:
         thread of its own: freeing a model's runtime sessions took 22-37 ms (MiniLM, fp32 and
         int8) on the event loop that called this, stalling every request meanwhile.
         """
-        entry = self.find(name)
+        return self._release(self.find(name))
+
+    def _release(self, entry: RegisteredModel) -> bool:
+        """Unload `entry` (see unload), also once the registry no longer lists it: dropped
+        with its entry, a model was freed on the thread that rescanned, the event loop."""
         if entry.loaded is None:
             return False
         held = [entry.loaded]  # the only reference this frame keeps, cleared on the thread
