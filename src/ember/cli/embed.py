@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Literal
 
 import click
@@ -147,7 +150,7 @@ def embed(
         def load() -> LoadedModel:
             return load_model(entry.folder, settings)
 
-        with RichProgress(console) as progress:
+        with stop_signals_interrupt(), RichProgress(console) as progress:
             summary = run_job(
                 job,
                 settings,
@@ -159,11 +162,12 @@ def embed(
         raise click.ClickException(exc.message) from exc
     except OSError as exc:  # unreadable input, full disk, no permission: say which file
         raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         saved = read_checkpoint(checkpoint_path(output))
         done = saved.rows_done if saved else 0
         click.echo(f"Interrupted: {done} rows are saved; run the same command to resume.", err=True)
-        raise SystemExit(130) from None
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        raise SystemExit(128 + signum) from None
     click.echo(summary_line(summary))
 
 
@@ -177,6 +181,38 @@ def summary_line(summary: Summary) -> str:
         f"{summary.tokens_per_second:,.0f} tokens/s; {summary.truncated:,} truncated, "
         f"{summary.empty:,} empty (no vector)."
     )
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the run is, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the run as Ctrl-C does, with its line and exit status.
+
+    By default they end the process silently: a service manager or a closed terminal left
+    no word of the rows saved. An ignored SIGHUP (under nohup) stays ignored.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)  # Windows has no SIGHUP
+        if number is None or signal.getsignal(number) is signal.SIG_IGN:
+            continue
+        previous[number] = signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class RichProgress:
