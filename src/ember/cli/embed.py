@@ -161,7 +161,7 @@ def embed(
     except EmberError as exc:
         raise click.ClickException(exc.message) from exc
     except OSError as exc:  # unreadable input, full disk, no permission: say which file
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(str(exc) + saved_note(output)) from exc
     except KeyboardInterrupt as stop:
         saved = read_checkpoint(checkpoint_path(output))
         done = saved.rows_done if saved else 0
@@ -169,6 +169,17 @@ def embed(
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
         raise SystemExit(128 + signum) from None
     click.echo(summary_line(summary))
+
+
+def saved_note(output: Path) -> str:
+    """What a run that failed part-way (a full disk, say) kept, so the user knows to resume."""
+    try:
+        saved = read_checkpoint(checkpoint_path(output))
+    except EmberError:
+        return ""
+    if saved is None or saved.rows_done == 0:
+        return ""
+    return f" ({saved.rows_done:,} rows are saved; run the same command to resume)"
 
 
 def summary_line(summary: Summary) -> str:
