@@ -17,8 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ember.models.loader import LoadedModel
+from ember.errors import ModelLoadFailed
+from ember.models.loader import LoadedModel, load_model
 from ember.models.registry import ModelRegistry
+from ember.models.settings import ModelSettings
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
@@ -126,4 +128,58 @@ def test_a_loaded_model_whose_folder_goes_is_freed_off_the_scanning_thread(
     while not threads and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threads == ["unload-going"]
+    registry.close()
+
+
+class CountingLoader:
+    """The real loader, slowed so that requests pile up on a load, failing while `broken`."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.calls: list[bool] = []  # the `reloading` flag of each load
+
+    def __call__(self, folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:
+        self.calls.append(reloading)
+        time.sleep(0.2)
+        if self.broken:
+            raise OSError("weights unreadable")
+        return load_model(folder, settings, reloading=reloading)
+
+
+def test_requests_waiting_on_a_load_that_fails_share_its_failure(tmp_path: Path) -> None:
+    """Each waiter tried the load again in turn: 8 requests at once on a model failing to load
+    in 0.2 s made 8 loads, and the last one answered after 1.6 s."""
+    write_fake_model(tmp_path, "broken")
+    loader = CountingLoader(broken=True)
+    registry = ModelRegistry(tmp_path, loader)
+
+    async def at_once() -> list[BaseException | LoadedModel]:
+        return await asyncio.gather(
+            *(registry.acquire("broken") for _ in range(8)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(at_once())
+    assert all(isinstance(outcome, ModelLoadFailed) for outcome in outcomes), outcomes
+    assert {str(outcome) for outcome in outcomes} == {"broken: cannot load: weights unreadable"}
+    assert len(loader.calls) == 1
+    loader.broken = False  # repaired: the next request loads it again
+    assert asyncio.run(registry.acquire("broken")).settings.id == "broken"
+    assert len(loader.calls) == 2
+    registry.close()
+
+
+def test_reloads_asked_at_once_load_once(tmp_path: Path) -> None:
+    """Lanes failing side by side each ask for a reload; one is enough for all."""
+    write_fake_model(tmp_path, "flaky")
+    loader = CountingLoader()
+    registry = ModelRegistry(tmp_path, loader)
+    first = asyncio.run(registry.acquire("flaky"))
+
+    async def at_once() -> list[LoadedModel]:
+        return await asyncio.gather(*(registry.acquire("flaky", reload=True) for _ in range(4)))
+
+    reloaded = asyncio.run(at_once())
+    assert loader.calls == [False, True]
+    assert all(model is reloaded[0] for model in reloaded)
+    assert reloaded[0] is not first
     registry.close()

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ember.errors import EmberError, InvalidModelSettings, ModelLoadFailed, ModelNotFound
+from ember.errors import (
+    EmberError,
+    InvalidModelSettings,
+    ModelError,
+    ModelLoadFailed,
+    ModelNotFound,
+)
 from ember.models.graph_files import table_files
 from ember.models.loader import LoadedModel, load_model, weight_copies
 from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
@@ -39,6 +45,8 @@ class RegisteredModel:
     last_used: float = 0.0
     users: int = 0  # requests using it now: it is not idle, whatever its keep_alive
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    loads: int = 0  # load attempts ended: a request that waited on one takes its outcome
+    failure: type[ModelError] | None = None  # how the last attempt failed (`problem` says why)
 
     @property
     def model_id(self) -> str:
@@ -168,19 +176,28 @@ class ModelRegistry:
         return await self.load(self.find(name), reload=reload)
 
     async def load(self, entry: RegisteredModel, *, reload: bool = False) -> LoadedModel:
-        """`entry` (as `find` just gave it) loaded, loading it first if needed."""
+        """`entry` (as `find` just gave it) loaded, loading it first if needed.
+
+        Requests that wait while a load runs take its outcome: its model (a reload too, as
+        lanes failing at once each ask for one), or its error. Each tried again in turn, so
+        64 clients on a model that took a second to fail waited up to a minute.
+        """
         if entry.settings is None:
             raise InvalidModelSettings(entry.problem or "invalid settings", entry.model_id)
         entry.last_used = time.monotonic()
         if entry.loaded is not None and not reload:
             return entry.loaded
         settings = entry.settings
+        attempts = entry.loads
         async with entry.lock:
-            if entry.loaded is not None and not reload:
+            if entry.loaded is not None and (entry.loads != attempts or not reload):
                 return entry.loaded
+            if entry.loads != attempts and entry.failure is not None:
+                raise entry.failure(entry.problem or "cannot load", settings.id)
             previous, entry.loaded = entry.loaded, None
             if previous is not None:
                 previous.engine.close()
+            entry.failure = None  # an attempt ended otherwise (cancelled) leaves waiters to retry
             budgeted = self._budgeted_load if self.memory_budget is not None else None
             async with budgeted or contextlib.nullcontext():
                 self._make_room_for(entry)
@@ -190,11 +207,15 @@ class ModelRegistry:
                     )
                 except EmberError as exc:
                     entry.problem = exc.message
+                    entry.failure = type(exc) if isinstance(exc, ModelError) else None
                     raise
                 except (OSError, ValueError, RuntimeError) as exc:  # a runtime choking on a file
                     entry.problem = f"{settings.id}: cannot load: {exc}"
+                    entry.failure = ModelLoadFailed
                     raise ModelLoadFailed(entry.problem, settings.id) from exc
-            entry.problem = None
+                finally:
+                    entry.loads += 1
+            entry.problem, entry.failure = None, None
             log.info("loaded %s in %.2f s", settings.id, entry.loaded.load_seconds)
             if self.on_load is not None:
                 self.on_load(settings.id, entry.loaded.load_seconds)

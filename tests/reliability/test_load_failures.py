@@ -1,0 +1,67 @@
+"""A model that fails to load while clients crowd it: one attempt answers them all with an
+OpenAI error, the server stays healthy, and the model loads once repaired."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+
+from ember.models.loader import LoadedModel, load_model
+from ember.models.registry import ModelRegistry
+from ember.models.settings import ModelSettings
+from ember.settings import ServerSettings
+from tests.reliability.expect import assert_error
+from tests.support.models import write_fake_model
+from tests.support.server import serve_in_thread
+
+CLIENTS = 8
+
+
+class FailingLoads:
+    """The real loader, slowed, failing as a runtime does on unreadable weights until
+    `repaired`: the fault injected."""
+
+    def __init__(self) -> None:
+        self.repaired = False
+        self.attempts = 0
+
+    def __call__(self, folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:
+        self.attempts += 1
+        time.sleep(0.3)
+        if not self.repaired:
+            raise RuntimeError("weights unreadable")
+        return load_model(folder, settings, reloading=reloading)
+
+
+def test_clients_crowding_a_model_that_fails_to_load_share_one_attempt(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "broken")
+    write_fake_model(models_dir, "fine")
+    loads = FailingLoads()
+    registry = ModelRegistry(models_dir, loads)
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir)
+    with (
+        serve_in_thread(settings, registry) as server,
+        httpx.Client(base_url=server.base_url, timeout=30) as http,
+    ):
+
+        def embed(model: str) -> httpx.Response:
+            return http.post("/v1/embeddings", json={"model": model, "input": "hello"})
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            responses = list(pool.map(embed, ["broken"] * CLIENTS))
+        for response in responses:
+            error = assert_error(response, 503, "model_load_failed")
+            assert "weights unreadable" in error["message"]
+        # Before: each client waiting on the load tried it again in turn (8 attempts).
+        assert loads.attempts < CLIENTS
+        loads.repaired = True
+        assert embed("broken").status_code == 200
+        client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+        assert len(client.embeddings.create(model="broken", input=["a", "b"]).data) == 2
+        assert embed("fine").status_code == 200
+        assert http.get("/health").status_code == 200
