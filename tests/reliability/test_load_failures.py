@@ -65,3 +65,33 @@ def test_clients_crowding_a_model_that_fails_to_load_share_one_attempt(tmp_path:
         assert len(client.embeddings.create(model="broken", input=["a", "b"]).data) == 2
         assert embed("fine").status_code == 200
         assert http.get("/health").status_code == 200
+
+
+class FailingReloads:
+    """The real loader, whose reloads fail (the files went bad after the first load)."""
+
+    def __call__(self, folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:
+        if reloading:
+            raise RuntimeError("weights unreadable")
+        return load_model(folder, settings, reloading=reloading)
+
+
+def test_an_instance_that_cannot_embed_and_cannot_be_reloaded_answers_at_once(
+    tmp_path: Path,
+) -> None:
+    """The worker reloads such an instance to retry the batch; when the reload failed, the
+    request was never answered until the request timeout (600 s by default) cut it."""
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "chatty", fake={"embedding_mode": False})
+    write_fake_model(models_dir, "fine")
+    registry = ModelRegistry(models_dir, FailingReloads())
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, request_timeout=10)
+    with (
+        serve_in_thread(settings, registry) as server,
+        httpx.Client(base_url=server.base_url, timeout=30) as http,
+    ):
+        response = http.post("/v1/embeddings", json={"model": "chatty", "input": "hello"})
+        error = assert_error(response, 503, "model_load_failed")
+        assert "weights unreadable" in error["message"]
+        fine = http.post("/v1/embeddings", json={"model": "fine", "input": "hello"})
+        assert fine.status_code == 200

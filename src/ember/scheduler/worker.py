@@ -32,7 +32,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 
 from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
-from ember.errors import EmbeddingUnsupported, EmberError, EngineFailure, Overloaded
+from ember.errors import (
+    EmbeddingUnsupported,
+    EmberError,
+    EngineFailure,
+    ModelLoadFailed,
+    Overloaded,
+)
 from ember.scheduler.batching import EmbeddingJob, PendingPool, WorkItem
 
 log = logging.getLogger(__name__)
@@ -406,7 +412,12 @@ class ModelWorker:
         task.add_done_callback(self._recoveries.discard)
 
     async def _recover(self, batch: list[WorkItem], exc: Exception) -> None:
-        """Settle the failed batch, reload the model and let the engine thread go on."""
+        """Settle the failed batch, reload the model and let the engine thread go on.
+
+        A reload that fails answers the batch and everything pending with its error. Any
+        error: one not Ember's (a runtime's own, a bug) ended this task unhandled, and the
+        pending work then ran with no engine, each batch a new fault and a new reload.
+        """
         engine: Engine | None = None
         try:
             if isinstance(exc, EmbeddingUnsupported):
@@ -417,8 +428,10 @@ class ModelWorker:
                 )
                 _fail(batch, self._failure(exc))
                 engine = await self._engine_source(True)
-        except EmberError as exc:
-            self._fail_everything_pending(exc)
+        except Exception as reload_error:
+            failure = self._reload_failure(reload_error)
+            _fail(batch, failure)  # those not answered yet: a batch to retry after the reload
+            self._fail_everything_pending(failure)
         finally:
             with self._ready:
                 if engine is not None:
@@ -444,6 +457,16 @@ class ModelWorker:
             return engine
         _resolve(finished)
         return engine
+
+    def _reload_failure(self, exc: Exception) -> EmberError:
+        if isinstance(exc, EmberError):
+            return exc
+        log.error("reloading %s failed", self.name, exc_info=exc)
+        return ModelLoadFailed(
+            f"The model '{self.name}' could not be reloaded after an engine fault "
+            f"({type(exc).__name__}); retry the request.",
+            self.name,
+        )
 
     def _failure(self, exc: Exception) -> EmberError:
         if isinstance(exc, EmberError):
