@@ -203,3 +203,18 @@ report({{ ids, one: {{ id: one.id, object: one.object, dimensions: one.dimension
     result = run(node_sdk, server, script)
     assert sorted(result["ids"]) == [[MODEL, "model"], [MATRYOSHKA, "model"]]
     assert result["one"] == {"id": MODEL, "object": "model", "dimensions": 384}
+
+
+def test_text_cut_inside_an_emoji_is_embedded(
+    node_sdk: NodeSdk, server: RunningServer, python: openai.OpenAI
+) -> None:
+    """`text.slice()` in JavaScript can end on half a surrogate pair, which JSON.stringify
+    sends as a lone `\\ud83d` escape; it is embedded as U+FFFD, as OpenAI's tiktoken does."""
+    script = f"""
+const cut = 'smile 🙂'.slice(0, 7);  // 'smile ' and the pair's high half
+const response = await client.embeddings.create({{ model: {json.dumps(MODEL)}, input: cut }});
+report({{ model: response.model, usage: response.usage, data: response.data }});
+"""
+    result = run(node_sdk, server, script)
+    expected = python.embeddings.create(model=MODEL, input="smile \ufffd", encoding_format="float")
+    assert_same_vectors(result, expected)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from ember.api.compute import ClientGone, compute_vectors
 from ember.api.encoding import embeddings_body
 from ember.api.errors import validation_message
 from ember.api.inputs import prepare_inputs
+from ember.api.json_body import parse_json_body
 from ember.api.protocol import (
     CreateEmbeddingResponse,
     EmbeddingRequest,
@@ -173,10 +173,7 @@ async def _parse_body(request: Request, state: AppState) -> EmbeddingRequest:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    try:
-        raw = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
+    raw = parse_json_body(b"".join(chunks))
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
