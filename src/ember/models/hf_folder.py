@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.errors import InvalidModelSettings
+from ember.errors import InvalidModelSettings, ModelLoadFailed
 from ember.models.graph_files import save_graph
 from ember.models.settings import ModelSettings, parse_settings, write_settings
 from ember.pooling import Pooling
@@ -38,7 +38,7 @@ def register_hf_folder(
     architecture's own defaults (e.g. Nomic's prompts and 8192-token context), the folder's
     prompts, and `overrides`; the graph is then built from the final settings.
     """
-    config = _read_json(folder / "config.json")
+    config = _read_json_object(folder, "config.json")
     architecture = architecture_of(config, folder)
     pooling, normalize = _pooling(folder)
     raw: dict[str, Any] = {
@@ -56,24 +56,50 @@ def register_hf_folder(
         **(overrides or {}),
     }
     settings = parse_settings(raw, model_id)
-    if not (folder / "tokenizer.json").is_file():
-        raise InvalidModelSettings(f"{model_id}: the folder has no tokenizer.json", model_id)
+    _check_tokenizer(folder, settings)
     weights = _load_weights(folder)
-    build = architecture.build
-    graph = build(config, weights, pooling=settings.pooling, normalize=settings.normalize)
+    graph = _build(architecture, config, weights, settings)
     save_graph(graph, folder / GRAPH_FILE)
     if settings.quantize == "int8":
         if architecture.int8_build_options:  # built otherwise for int8: same vectors
-            graph = build(
-                config,
-                weights,
-                pooling=settings.pooling,
-                normalize=settings.normalize,
-                **architecture.int8_build_options,
-            )
+            graph = _build(architecture, config, weights, settings, architecture.int8_build_options)
         settings = _add_int8_graph(folder, graph, settings)
     write_settings(folder, settings)
     return settings
+
+
+def _check_tokenizer(folder: Path, settings: ModelSettings) -> None:
+    """Refuse a folder whose tokenizer.json is missing or unreadable now: registered, such a
+    model answered every request with 503."""
+    from ember.models.tokenizer import TextTokenizer
+
+    if not (folder / "tokenizer.json").is_file():
+        raise InvalidModelSettings(f"{settings.id}: the folder has no tokenizer.json", settings.id)
+    try:
+        TextTokenizer(folder / "tokenizer.json", settings.ctx_len)
+    except ModelLoadFailed as exc:
+        raise InvalidModelSettings(f"{settings.id}: {exc.message}", settings.id) from exc
+
+
+def _build(
+    architecture: Architecture,
+    config: Mapping[str, Any],
+    weights: Mapping[str, np.ndarray],
+    settings: ModelSettings,
+    options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The graph; config.json and weights that do not fit together are a user's error (the
+    builders say which tensor or field, in a ValueError), not a traceback."""
+    try:
+        return architecture.build(
+            config, weights, pooling=settings.pooling, normalize=settings.normalize,
+            **(options or {}),
+        )  # fmt: skip
+    except (KeyError, ValueError) as exc:
+        raise InvalidModelSettings(
+            f"{settings.id}: cannot build the ONNX graph from config.json and the weights: {exc}",
+            settings.id,
+        ) from exc
 
 
 def _add_int8_graph(folder: Path, graph: Any, settings: ModelSettings) -> ModelSettings:
@@ -138,23 +164,26 @@ def _no_defaults(_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _pooling(folder: Path) -> tuple[Pooling, bool]:
     """Pooling mode and normalisation as the sentence-transformers modules say (mean if none)."""
-    modules_path = folder / "modules.json"
-    if not modules_path.is_file():
+    if not (folder / "modules.json").is_file():
         return "mean", True
-    modules = _read_json(modules_path)
+    modules = _read_json(folder, "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(item, dict) for item in modules):
+        raise InvalidModelSettings(
+            "modules.json should be a list of modules ({...} objects)", folder.name
+        )
     pooling: Pooling = "mean"
     normalize = False
     for module in modules:
         kind = str(module.get("type", ""))
         if kind.endswith("Pooling"):
-            pooling = _pooling_mode(folder / str(module.get("path", "")) / "config.json")
+            pooling = _pooling_mode(folder, f"{module.get('path') or '.'}/config.json")
         elif kind.endswith("Normalize"):
             normalize = True
     return pooling, normalize
 
 
-def _pooling_mode(config_path: Path) -> Pooling:
-    config = _read_json(config_path) if config_path.is_file() else {}
+def _pooling_mode(folder: Path, name: str) -> Pooling:
+    config = _read_json_object(folder, name) if (folder / name).is_file() else {}
     if config.get("pooling_mode_cls_token"):
         return "cls"
     if config.get("pooling_mode_lasttoken"):
@@ -164,38 +193,69 @@ def _pooling_mode(config_path: Path) -> Pooling:
 
 def _max_tokens(folder: Path, config: Mapping[str, Any]) -> int:
     """sentence-transformers' max_seq_length, else the position table's size."""
-    st_config = folder / "sentence_bert_config.json"
-    if st_config.is_file():
-        limit = _read_json(st_config).get("max_seq_length")
-        if isinstance(limit, int) and limit > 0:
+    if (folder / "sentence_bert_config.json").is_file():
+        limit = _read_json_object(folder, "sentence_bert_config.json").get("max_seq_length")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             return limit
-    return int(config.get("max_position_embeddings", 512))
+    positions = config.get("max_position_embeddings", 512)
+    if isinstance(positions, float) and positions.is_integer():
+        positions = int(positions)
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions < 1:
+        raise InvalidModelSettings(
+            "config.json: max_position_embeddings should be a positive whole "
+            f"number, not {json.dumps(positions)}",
+            folder.name,
+        )
+    return positions
 
 
 def _prompts(folder: Path) -> dict[str, Any]:
-    path = folder / "config_sentence_transformers.json"
-    if not path.is_file():
+    name = "config_sentence_transformers.json"
+    if not (folder / name).is_file():
         return {}
-    config = _read_json(path)
-    prompts = {str(name): str(text) for name, text in (config.get("prompts") or {}).items()}
+    config = _read_json_object(folder, name)
+    given = config.get("prompts") or {}
+    if not isinstance(given, dict) or not all(isinstance(text, str) for text in given.values()):
+        raise InvalidModelSettings(
+            f"{name}: prompts should be an object of prompt names to texts", folder.name
+        )
+    prompts = {str(name): text for name, text in given.items()}
     found: dict[str, Any] = {"prompts": prompts} if prompts else {}
     default = config.get("default_prompt_name")
-    if default and default in prompts:
+    if isinstance(default, str) and default in prompts:
         found["default_prompt"] = default
     return found
 
 
 def _load_weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     weights: dict[str, np.ndarray] = {}
     for path in sorted(folder.glob("*.safetensors")):
-        weights.update(load_file(str(path)))
+        try:
+            weights.update(load_file(str(path)))
+        except (OSError, SafetensorError) as exc:
+            raise InvalidModelSettings(
+                f"{path.name} is not a readable safetensors file: {exc}", folder.name
+            ) from exc
     return weights
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidModelSettings(f"cannot read {path.name}: {exc}", path.parent.name) from exc
+def _read_json(folder: Path, name: str) -> Any:
+    """`folder/name` parsed; errors name the file as the folder's, not the staging copy's path."""
+    try:  # utf-8-sig: Windows editors may start the file with a byte-order mark
+        return json.loads((folder / name).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidModelSettings(f"cannot read {name}: {exc}", folder.name) from exc
+
+
+def _read_json_object(folder: Path, name: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json and its kin)."""
+    loaded = _read_json(folder, name)
+    if not isinstance(loaded, dict):
+        shown = json.dumps(loaded)
+        raise InvalidModelSettings(
+            f"{name} should hold a JSON object {{...}}, not {shown[:40]}", folder.name
+        )
+    return loaded
