@@ -68,3 +68,14 @@ def test_bodies_that_are_not_json_say_what_is_wrong(
     response = http.post("/v1/embeddings", content=body, headers=JSON)
     error = assert_error(response, 400, code="invalid_value", type="invalid_request_error")
     assert names in error["message"]
+
+
+def test_options_sent_as_null_take_their_defaults(http: httpx.Client) -> None:
+    """Clients generated from OpenAI's spec send each option they were not given as null."""
+    nulls = {"encoding_format": None, "dimensions": None, "user": None, "truncate": None}
+    response = http.post(
+        "/v1/embeddings", json={"model": MODEL, "input": "hello", "input_type": None, **nulls}
+    )
+    expected = http.post("/v1/embeddings", json={"model": MODEL, "input": "hello"})
+    assert response.status_code == 200, response.text
+    assert response.json() == expected.json()  # floats, not base64

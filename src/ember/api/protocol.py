@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 TokenArray = Annotated[list[StrictInt], Field(min_length=1)]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenArray | list[TokenArray]
@@ -35,6 +44,15 @@ class EmbeddingRequest(BaseModel):
         description="Ember extension: the model prompt to apply (query, document, or a name the "
         "model defines).",
     )
+
+    @field_validator("encoding_format", "truncate", mode="before")
+    @classmethod
+    def _null_means_default(cls, value: object, info: ValidationInfo) -> object:
+        """Clients generated from OpenAI's spec (swagger-codegen's among them) send every option
+        they were not given as null; OpenAI reads that as the default."""
+        if value is None and info.field_name is not None:
+            return cls.model_fields[info.field_name].default
+        return value
 
 
 class Embedding(BaseModel):
