@@ -6,9 +6,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
+from tests.api.conftest import API_KEY
 from tests.api.test_errors import assert_error
+from tests.support.server import RunningServer
 
 MODEL = "all-MiniLM-L6-v2"
 JSON = {"Content-Type": "application/json"}
@@ -79,3 +82,39 @@ def test_options_sent_as_null_take_their_defaults(http: httpx.Client) -> None:
     expected = http.post("/v1/embeddings", json={"model": MODEL, "input": "hello"})
     assert response.status_code == 200, response.text
     assert response.json() == expected.json()  # floats, not base64
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings/", "/embeddings", "/embeddings/"])
+def test_embeddings_aliases_answer_in_place(http: httpx.Client, path: str) -> None:
+    """A trailing slash got a bodiless 307 (httpx does not follow it by default); a base URL
+    without /v1 got 404. Both are answered as /v1/embeddings, as llama.cpp's server does."""
+    response = http.post(path, json={"model": MODEL, "input": "hello"})
+    expected = http.post("/v1/embeddings", json={"model": MODEL, "input": "hello"})
+    assert np.allclose(vectors(response), vectors(expected), atol=1e-6)
+
+
+def test_models_without_v1_lists_the_models(http: httpx.Client) -> None:
+    response = http.get("/models")
+    assert response.status_code == 200, response.text
+    assert [card["id"] for card in response.json()["data"]] == [MODEL]
+
+
+def test_a_base_url_without_v1_works_with_the_openai_client(server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0)
+    assert len(client.embeddings.create(model=MODEL, input="hello").data[0].embedding) == 384
+    assert [model.id for model in client.models.list()] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_aliases_still_need_the_key(server: RunningServer) -> None:
+    response = httpx.post(f"{server.base_url}/embeddings", json={"model": MODEL, "input": "x"})
+    assert_error(response, 401, code="invalid_api_key")
+    assert_error(httpx.get(f"{server.base_url}/models"), 401, code="invalid_api_key")
+
+
+def test_an_unknown_path_is_named_with_the_paths_there_are(http: httpx.Client) -> None:
+    error = assert_error(http.post("/v1/embedding", json={}), 404, code="not_found")
+    assert "Invalid URL (POST /v1/embedding)" in error["message"]
+    assert "/v1/embeddings" in error["message"]
+    error = assert_error(http.get("/v1/embeddings"), 405, code="method_not_allowed")
+    assert error["message"] == "Method not allowed (GET /v1/embeddings): this path takes POST."

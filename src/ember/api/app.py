@@ -18,7 +18,13 @@ from ember.api.hosts import TrustedHostMiddleware, allowed_hosts
 from ember.api.metrics import Metrics
 from ember.api.observe import ObserveMiddleware
 from ember.api.protocol import EmbeddingRequest
-from ember.api.routes import EMBEDDINGS_PATH, create_embeddings, protected, public
+from ember.api.routes import (
+    EMBEDDINGS_ALIASES,
+    EMBEDDINGS_PATH,
+    create_embeddings,
+    protected,
+    public,
+)
 from ember.api.shutdown import CutShortMiddleware
 from ember.api.state import AppState
 from ember.api.token_ids import Cl100k
@@ -70,7 +76,13 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
     app.include_router(public)
     app.include_router(protected)
     _register_request_schema(app)
-    hot_route = DirectRoute(app, method="POST", path=EMBEDDINGS_PATH, endpoint=create_embeddings)
+    hot_route = DirectRoute(
+        app,
+        method="POST",
+        path=EMBEDDINGS_PATH,
+        endpoint=create_embeddings,
+        aliases=EMBEDDINGS_ALIASES,
+    )
     return _around_everything(hot_route, settings, metrics)
 
 

@@ -9,7 +9,7 @@ document; both paths run the same endpoint function, with the same key check and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,17 +23,31 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class DirectRoute:
-    """Serves one (method, path) with `endpoint`; everything else goes on to `app`, the
-    FastAPI app whose state the endpoint reads."""
+    """Serves one (method, path), and the `aliases` of that path, with `endpoint`; everything
+    else goes on to `app`, the FastAPI app whose state the endpoint reads. Metrics label an
+    alias's requests with `path`."""
 
-    def __init__(self, app: ASGIApp, *, method: str, path: str, endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        method: str,
+        path: str,
+        endpoint: Endpoint,
+        aliases: Collection[str] = (),
+    ) -> None:
         self.app = app
         self.method = method
         self.path = path
+        self.paths = frozenset({path, *aliases})
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
+        if (
+            scope["type"] != "http"
+            or scope["path"] not in self.paths
+            or scope["method"] != self.method
+        ):
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app  # as FastAPI would set them: the endpoint reads app.state,

@@ -120,6 +120,19 @@ def validation_message(exc: ValidationError | RequestValidationError) -> tuple[s
     return f"Invalid value for '{where}': {first['msg']}.", param
 
 
+def _http_error_message(request: Request, exc: HTTPException, headers: dict[str, str]) -> str:
+    """What routing refused, named as OpenAI names it ("Invalid URL (POST /v1/foo)")."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return (
+            f"Invalid URL ({where}): Ember answers POST /v1/embeddings, GET /v1/models and "
+            "GET /v1/models/{id}; a client's base URL ends in /v1."
+        )
+    if exc.status_code == 405 and "Allow" in headers:
+        return f"Method not allowed ({where}): this path takes {headers['Allow']}."
+    return str(exc.detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as an OpenAI-style body; nothing leaks a stack trace."""
 
@@ -132,15 +145,14 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param = validation_message(exc)
         return error_response(400, message, "invalid_request_error", param=param)
 
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         # Keep the exception's headers: a 405's Allow (RFC 9110 15.5.6) names the methods.
         headers = dict(exc.headers) if exc.headers else None
-        return error_response(
-            exc.status_code, str(exc.detail), error_type, code=code, headers=headers
-        )
+        message = _http_error_message(request, exc, headers or {})
+        return error_response(exc.status_code, message, error_type, code=code, headers=headers)
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
         return internal_error_response(exc)

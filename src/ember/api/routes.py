@@ -39,6 +39,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 EMBEDDINGS_PATH = "/v1/embeddings"
+# Undocumented aliases. With a trailing slash: answered, not redirected (the 307 came without a
+# body, and a client that does not follow redirects, httpx's default, got nothing). Without /v1
+# (here and for /models), as llama.cpp's server answers: for a client whose base URL lacks it.
+EMBEDDINGS_ALIASES = ("/v1/embeddings/", "/embeddings", "/embeddings/")
 
 public = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
@@ -138,6 +142,9 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(ModelList(data=cards).model_dump())
 
 
+protected.add_api_route("/models", list_models, methods=["GET", "HEAD"], include_in_schema=False)
+
+
 @protected.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def show_model(model_id: str, request: Request) -> JSONResponse:
     """One model by id or alias."""
@@ -153,6 +160,9 @@ for _path, _endpoint in (
     ("/v1/models/{model_id:path}", show_model),
 ):
     protected.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)
+protected.add_api_route(
+    "/models/{model_id:path}", show_model, methods=["GET", "HEAD"], include_in_schema=False
+)
 
 
 async def _parse_body(request: Request, state: AppState) -> EmbeddingRequest:
