@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from ember import __version__
 from ember.api.compute import Fingerprints
+from ember.api.cors import Cors
 from ember.api.direct import DirectRoute
 from ember.api.errors import install_error_handlers
 from ember.api.hosts import TrustedHostMiddleware, allowed_hosts
@@ -91,12 +91,7 @@ def _around_everything(app: ASGIApp, settings: ServerSettings, metrics: Metrics)
     answers, observation. They wrap FastAPI from outside, so the embeddings route (answered
     by DirectRoute before FastAPI) skips FastAPI's own middleware stack too."""
     if settings.cors_origins:
-        app = CORSMiddleware(
-            app,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
-        )
+        app = Cors(app, settings.cors_origins)
     hosts = allowed_hosts(settings.host, settings.allowed_hosts)
     if hosts is not None:
         app = TrustedHostMiddleware(app, hosts=hosts)
