@@ -339,11 +339,17 @@ def _already_registered(model_id: str, target: Path) -> InvalidModelSettings:
 
 
 def _link_or_copy(source: str | Path, target: str | Path) -> None:
-    """Hard-link large weights instead of copying them; copy across file systems."""
+    """Hard-link large weights instead of copying them; copy across file systems.
+
+    A symlink is followed first: Linux's link() links the symlink itself, whatever os.link's
+    follow_symlinks says (before Python 3.13), and a relative one (a Hugging Face cache
+    snapshot's `model.safetensors -> ../../blobs/…`) then dangles in the model folder.
+    """
+    real = os.path.realpath(source)
     try:
-        os.link(source, target)
+        os.link(real, target)
     except OSError:
-        shutil.copy2(source, target)
+        shutil.copy2(real, target)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
