@@ -60,3 +60,23 @@ def test_a_value_that_is_not_a_whole_number_is_refused_by_field_and_file(
         f"Error: {folder / 'model.yml'}: {field} should be a whole number, not {shown}\n"
     )
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
+
+
+def test_a_files_key_that_is_not_a_list_is_an_error_line(gguf: Path, tmp_path: Path) -> None:
+    folder = write_jan_model(tmp_path / "jan", "numbered", gguf, embedding=True, files=5)
+    added = ember("models", "add", str(folder), "--models-dir", str(tmp_path / "models"))
+    assert added.returncode == 1, added.stdout + added.stderr
+    assert (
+        added.stderr == f"Error: {folder / 'model.yml'}: files should be a list of paths, not 5\n"
+    )
+
+
+def test_a_files_key_naming_one_file_is_read_as_a_list(gguf: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "cortex" / "one-file"
+    folder.mkdir(parents=True)
+    (folder / "weights.gguf").write_bytes(gguf.read_bytes())
+    (folder / "other.gguf").write_bytes(gguf.read_bytes())  # two: the folder alone is unclear
+    (folder / "model.yml").write_text("files: weights.gguf\nembedding: true\n", encoding="utf-8")
+    added = ember("models", "add", str(folder), "--models-dir", str(tmp_path / "models"))
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "models" / "one-file" / "weights.gguf").is_file()

@@ -63,7 +63,13 @@ def jan_weights(yml_path: Path, jan: Mapping[str, Any]) -> Path:
     place); Cortex-era files list `files`. Relative paths are tried against each folder
     above the model.yml, so the data folder's location need not be known.
     """
-    named = [jan.get("model_path"), *(jan.get("files") or [])]
+    files = jan.get("files") or []
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list):
+        shown = json.dumps(files, default=str)
+        raise InvalidModelSettings(f"{yml_path}: files should be a list of paths, not {shown}")
+    named = [jan.get("model_path"), *files]
     for name in (str(item) for item in named if item):
         candidate = Path(name.removeprefix("file://")).expanduser()
         if candidate.is_absolute():
