@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -298,6 +299,7 @@ def _staged_folder(models_dir: Path, model_id: str) -> Iterator[Path]:
     File system failures (the models folder is a file or read-only, a full disk, a name too
     long) become errors that say what could not be added.
     """
+    _check_id(model_id)
     name = folder_name(model_id)
     if name.startswith("."):  # the registry skips hidden folders, staging ones among them
         raise InvalidModelSettings(
@@ -328,6 +330,21 @@ def _staged_folder(models_dir: Path, model_id: str) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise InvalidModelSettings(f"cannot add '{model_id}': {exc}", model_id) from exc
         raise
+
+
+def _check_id(model_id: str) -> None:
+    """Refuse ids a client could not tell apart or a listing could not show on one line."""
+    if any(unicodedata.category(char) == "Cc" for char in model_id):
+        raise InvalidModelSettings(
+            f"the model id {model_id!r} holds a control character (a newline, a tab…); "
+            "choose one without",
+            model_id,
+        )
+    if model_id != model_id.strip():
+        raise InvalidModelSettings(
+            f"the model id {model_id!r} starts or ends with a space; choose one without",
+            model_id,
+        )
 
 
 def _already_registered(model_id: str, target: Path) -> InvalidModelSettings:
