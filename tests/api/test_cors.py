@@ -72,3 +72,15 @@ def test_answers_expose_retry_after_and_embers_headers(server: RunningServer) ->
     assert response.headers["access-control-allow-origin"] == APP
     exposed = response.headers["access-control-expose-headers"].lower().split(", ")
     assert {"retry-after", "x-ember-token-ids", "x-ember-cache-hits"} <= set(exposed)
+
+
+def test_a_preflight_with_cors_off_says_how_to_turn_it_on(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    models_dir = tmp_path_factory.mktemp("models")
+    write_fake_model(models_dir, "tiny")
+    with serve_in_thread(ServerSettings(home=models_dir.parent, models_dir=models_dir)) as off:
+        response = preflight(off, APP, **{"Access-Control-Request-Headers": SDK_HEADERS})
+    error = assert_error(response, 405, code="method_not_allowed")
+    assert "EMBER_CORS_ORIGINS" in error["message"]
+    assert "access-control-allow-origin" not in response.headers

@@ -129,7 +129,11 @@ def _http_error_message(request: Request, exc: HTTPException, headers: dict[str,
             "GET /v1/models/{id}; a client's base URL ends in /v1."
         )
     if exc.status_code == 405 and "Allow" in headers:
-        return f"Method not allowed ({where}): this path takes {headers['Allow']}."
+        message = f"Method not allowed ({where}): this path takes {headers['Allow']}."
+        if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+            # A browser's CORS preflight, which answers it only when CORS is on.
+            message += " To let a web page call Ember, list its origin in EMBER_CORS_ORIGINS."
+        return message
     return str(exc.detail)
 
 
