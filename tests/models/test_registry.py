@@ -183,3 +183,19 @@ def test_reloads_asked_at_once_load_once(tmp_path: Path) -> None:
     assert all(model is reloaded[0] for model in reloaded)
     assert reloaded[0] is not first
     registry.close()
+
+
+def test_models_unloaded_for_keep_alive_or_room_may_have_lost_their_folder(
+    tmp_path: Path,
+) -> None:
+    """unload_idle went by name, and a model removed while loaded was not found: it raised
+    ModelNotFound, which ended the server's keep_alive task for good."""
+    write_fake_model(tmp_path, "kept", keep_alive=0.1)
+    folder = write_fake_model(tmp_path, "removed", keep_alive=0.1)
+    registry = ModelRegistry(tmp_path)
+    for name in ("kept", "removed"):
+        asyncio.run(registry.acquire(name))
+    shutil.rmtree(folder)
+    assert sorted(registry.unload_idle(now=time.monotonic() + 60)) == ["kept", "removed"]
+    assert registry.find("kept").loaded is None
+    registry.close()

@@ -138,3 +138,17 @@ def test_requests_racing_an_unload_are_all_served(tmp_path: Path) -> None:
 def _linux_only() -> None:
     if not Path("/proc/self/status").exists():
         pytest.skip("reads thread counts from /proc")
+
+
+def test_keep_alive_goes_on_after_a_loaded_model_is_removed(tmp_path: Path) -> None:
+    """The reaper unloaded by name; a model removed while loaded was not found, and the
+    ModelNotFound it raised ended keep_alive for the server's life."""
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "removed", keep_alive=0.2)
+    write_fake_model(models_dir, "later", keep_alive=0.2)
+    with ember(tmp_path, models_dir, EMBER_IDLE_CHECK_SECONDS="0.05") as served:
+        assert served.embed("removed").status_code == 200
+        shutil.rmtree(models_dir / "removed")
+        time.sleep(1)  # no request meanwhile: the reaper finds the model gone before a rescan
+        assert served.embed("later").status_code == 200
+        assert settle(lambda: int(served.loaded("later")), 0) == 0, "keep_alive stopped"

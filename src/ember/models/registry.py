@@ -255,10 +255,14 @@ class ModelRegistry:
         return True
 
     def unload_idle(self, now: float | None = None) -> list[str]:
-        """Unload models idle longer than their `keep_alive`; returns their ids."""
+        """Unload models idle longer than their `keep_alive`; returns their ids.
+
+        Entries are released as they are, not found again by name: a model whose folder was
+        removed since is not found, and the ModelNotFound ended the server's keep_alive task.
+        """
         now = time.monotonic() if now is None else now
         idle = [
-            entry.model_id
+            entry
             for entry in self._models.values()
             if entry.loaded is not None
             and not entry.users
@@ -266,9 +270,9 @@ class ModelRegistry:
             and entry.settings.keep_alive is not None
             and now - entry.last_used > entry.settings.keep_alive
         ]
-        for model_id in idle:
-            self.unload(model_id)
-        return idle
+        for entry in idle:
+            self._release(entry)
+        return [entry.model_id for entry in idle]
 
     def close(self) -> None:
         for entry in self._models.values():
@@ -291,7 +295,7 @@ class ModelRegistry:
         for entry in loaded:
             if in_use + incoming.memory_estimate <= self.memory_budget:
                 return
-            self.unload(entry.model_id)
+            self._release(entry)  # not by name: see unload_idle
             in_use -= entry.memory_estimate
 
     def _model_folders(self) -> list[Path]:
