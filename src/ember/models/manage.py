@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from ember.models.settings import (
     read_settings,
     write_settings,
 )
+from ember.models.staging import removal_path
 
 Report = Callable[[str], None]
 
@@ -85,14 +87,21 @@ def registered_ids(models_dir: Path) -> list[str]:
 
 
 def remove_model(models_dir: Path, model_id: str) -> None:
-    """Delete `models_dir/<model_id>`; a symlinked folder loses its link, not its files."""
+    """Delete `models_dir/<model_id>`; a symlinked folder loses its link, not its files.
+
+    The folder is renamed to a hidden name first, so the model is gone at once: an `rm`
+    killed while deleting (a large model on a slow disk) left a half-deleted folder that
+    still listed and failed to load; now the next add or pull sweeps what it left.
+    """
     folder = models_dir / model_id
     if not (folder / SETTINGS_FILE).is_file():
         raise ModelNotFound(f"No model '{model_id}' in {models_dir}", model_id)
+    doomed = removal_path(models_dir, model_id)
     try:
         if folder.is_symlink():
             folder.unlink()
-        else:
-            shutil.rmtree(folder)
+            return
+        os.rename(folder, doomed)
     except OSError as exc:
         raise ModelError(f"cannot remove '{model_id}': {exc}", model_id) from exc
+    shutil.rmtree(doomed, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""The hidden folders `ember models add` and `pull` assemble a model in, and the sweep that
-removes those a killed run left behind (a pull's can hold hundreds of MB).
+"""The hidden folders `ember models add` and `pull` assemble a model in (and `rm` deletes one
+from), and the sweep that removes those a killed run left behind (a pull's can hold hundreds
+of MB).
 
 A staging folder's name carries the pid of the process assembling it; one whose process is
 gone is abandoned. Versions before that named them `.add-<folder>-<8 random characters>` and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -22,7 +24,9 @@ from ember.models.settings import SETTINGS_FILE
 
 # A pull stages the old model folder here while it swaps the new one in.
 PREVIOUS = "previous"
-_STAGING_NAME = re.compile(r"^\.(?:add-(?P<adder>\d+)-.*|(?P<model>.+)\.pull-(?P<puller>\d+)-.*)$")
+_STAGING_NAME = re.compile(
+    r"^\.(?:(?:add|rm)-(?P<adder>\d+)-.*|(?P<model>.+)\.pull-(?P<puller>\d+)-.*)$"
+)
 # Before names carried a pid: the prefix, then mkdtemp's 8 random characters. An old add of a
 # folder named `123-x` also reads as pid 123's: kept while such a process lives, never lost.
 _PRE_PID_NAME = re.compile(r"^\.(?:add-.+-|(?P<model>.+)\.pull-)[a-z0-9_]{8}$")
@@ -39,6 +43,12 @@ def add_staging(models_dir: Path, folder_name: str) -> Path:
 def pull_staging(models_dir: Path, model_id: str) -> Path:
     """A new staging folder for `ember models pull` of `model_id`."""
     return _make(models_dir, f".{model_id}.pull-{os.getpid()}-")
+
+
+def removal_path(models_dir: Path, folder_name: str) -> Path:
+    """A hidden name to rename a model folder to before deleting it: the removal is then
+    whole at once, and what a killed `ember models rm` leaves is swept like a staging folder."""
+    return models_dir / f".rm-{os.getpid()}-{folder_name[:64]}-{secrets.token_hex(4)}"
 
 
 def sweep_abandoned(models_dir: Path) -> list[Path]:
