@@ -1,5 +1,5 @@
 """`python -m ember` runs the CLI."""
 
-from ember.cli import main
+from ember.launch import main
 
 main()
