@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.api.auth import require_api_key
 from ember.api.compute import ClientGone, compute_vectors
+from ember.api.content_coding import codings, decode
 from ember.api.encoding import embeddings_body
 from ember.api.errors import validation_message
 from ember.api.inputs import prepare_inputs
@@ -39,6 +40,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 EMBEDDINGS_PATH = "/v1/embeddings"
+# Compressed bodies up to this size are inflated on the event loop: cheaper than a thread hop.
+INLINE_DECODE_BYTES = 64 * 1024
 # Undocumented aliases. With a trailing slash: answered, not redirected (the 307 came without a
 # body, and a client that does not follow redirects, httpx's default, got nothing). Without /v1
 # (here and for /models), as llama.cpp's server answers: for a client whose base URL lacks it.
@@ -170,20 +173,22 @@ async def _parse_body(request: Request, state: AppState) -> EmbeddingRequest:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    coding = request.headers.get("content-encoding", "identity").strip()
-    if coding.lower() not in ("", "identity"):
-        # Read as JSON, a gzip body failed as "not valid UTF-8: surrogates not allowed".
-        raise InvalidRequest(
-            f"The request body has Content-Encoding '{coding}'; Ember reads bodies "
-            "uncompressed only: send it without compression."
-        )
+    # Checked before reading: read as JSON, a br body failed as "not valid UTF-8".
+    applied = codings(request.headers.get("content-encoding", ""))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    raw = parse_json_body(b"".join(chunks))
+    body = b"".join(chunks)
+    if applied:
+        body = (
+            await asyncio.to_thread(decode, body, applied, limit)
+            if len(body) > INLINE_DECODE_BYTES
+            else decode(body, applied, limit)
+        )
+    raw = parse_json_body(body)
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
