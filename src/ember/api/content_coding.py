@@ -7,12 +7,13 @@ holds for the decoded bytes too, so a small bomb cannot expand past it.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 from ember.errors import InvalidRequest, PayloadTooLarge
 
 # zlib's wbits for each coding: gzip's header and trailer; "deflate" is the zlib format in
-# HTTP, though some clients send raw deflate, tried when the zlib header is missing.
+# HTTP, though some clients send raw deflate, tried when the data is not zlib's.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
@@ -41,23 +42,27 @@ def decode(body: bytes, applied: list[str], limit: int) -> bytes:
 
 
 def _inflate(data: bytes, coding: str, limit: int) -> bytes:
-    wbits = DECODED[coding]
-    if wbits == _ZLIB_WBITS and data[:1] and (data[0] & 0x0F) != zlib.DEFLATED:
-        wbits = _RAW_DEFLATE_WBITS  # no zlib header: raw deflate
-    decoded = bytearray()
     try:
-        while data:  # gzip allows several members, one after the other
-            inflater = zlib.decompressobj(wbits=wbits)
-            decoded += inflater.decompress(data, limit + 1 - len(decoded))
-            if len(decoded) > limit:
-                raise PayloadTooLarge(
-                    f"The request body exceeds {limit} bytes once decompressed (raise it with "
-                    "EMBER_MAX_BODY_BYTES).",
-                    param=None,
-                )
-            if not inflater.eof:
-                raise InvalidRequest(f"The request body's {coding} data ends too early.")
-            data = inflater.unused_data
+        return _inflate_with(data, DECODED[coding], coding, limit)
     except zlib.error as exc:
+        if coding == "deflate":  # no zlib header: raw deflate, which some clients send
+            with contextlib.suppress(zlib.error):
+                return _inflate_with(data, _RAW_DEFLATE_WBITS, coding, limit)
         raise InvalidRequest(f"The request body is not valid {coding} data: {exc}.") from exc
+
+
+def _inflate_with(data: bytes, wbits: int, coding: str, limit: int) -> bytes:
+    decoded = bytearray()
+    while data:  # gzip allows several members, one after the other
+        inflater = zlib.decompressobj(wbits=wbits)
+        decoded += inflater.decompress(data, limit + 1 - len(decoded))
+        if len(decoded) > limit:
+            raise PayloadTooLarge(
+                f"The request body exceeds {limit} bytes once decompressed (raise it with "
+                "EMBER_MAX_BODY_BYTES).",
+                param=None,
+            )
+        if not inflater.eof:
+            raise InvalidRequest(f"The request body's {coding} data ends too early.")
+        data = inflater.unused_data
     return bytes(decoded)
