@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import httpx
 import numpy as np
 import onnx
@@ -142,6 +143,27 @@ def test_gguf_header_reader_refuses_other_files(tmp_path: Path) -> None:
     truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 4)
     with pytest.raises(InvalidModelSettings, match="cannot read the GGUF header"):
         read_gguf_metadata(truncated)
+
+
+@pytest.mark.parametrize("write_pooling", ["add_string", "add_float32", "add_bool"])
+def test_a_gguf_whose_pooling_type_is_not_an_integer_is_refused(
+    tmp_path: Path, write_pooling: str
+) -> None:
+    path = tmp_path / "odd-pooling.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_context_length(512)
+    writer.add_embedding_length(16)
+    getattr(writer, write_pooling)(
+        "bert.pooling_type", {"add_string": "mean"}.get(write_pooling, 1)
+    )
+    writer.add_tensor("token_embd.weight", np.zeros((4, 16), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(InvalidModelSettings, match=r"bert\.pooling_type is not an integer"):
+        add_model(path, tmp_path / "models")
+    assert not any((tmp_path / "models").glob("*"))
 
 
 # --- Jan folders -----------------------------------------------------------------------------

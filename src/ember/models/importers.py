@@ -112,7 +112,7 @@ def add_gguf_file(
     model_id = options.model_id or model_id or _safe_id(gguf_path.stem)
     metadata = read_gguf_metadata(gguf_path)
     architecture = str(metadata.get("general.architecture", ""))
-    pooling_code = metadata.get(f"{architecture}.pooling_type")
+    pooling_code = _pooling_code(metadata, f"{architecture}.pooling_type", gguf_path)
     embedding = architecture in GGUF_ENCODERS or pooling_code in GGUF_POOLING
     raw: dict[str, Any] = {
         "id": model_id,
@@ -123,7 +123,7 @@ def add_gguf_file(
         "ctx_len": min(
             _positive_int(metadata, f"{architecture}.context_length", gguf_path), GGUF_CTX_CAP
         ),
-        "pooling": GGUF_POOLING.get(int(pooling_code or 1), "mean"),
+        "pooling": GGUF_POOLING.get(pooling_code or 1, "mean"),
         "normalize": True,
         "dimensions": _positive_int(metadata, f"{architecture}.embedding_length", gguf_path),
         "architecture": architecture,
@@ -255,6 +255,15 @@ def _tokenizer_limit(source: Path) -> int | None:
         if isinstance(value, int) and 0 < value <= 1_000_000:
             return value
     return None
+
+
+def _pooling_code(metadata: Mapping[str, Any], key: str, path: Path) -> int | None:
+    """llama.cpp's pooling type, None when the header has none; any other value (a hand-made
+    or damaged header) is refused here rather than failing deep inside the add."""
+    value = metadata.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise InvalidModelSettings(f"{path.name}: the GGUF header's {key} is not an integer")
+    return value
 
 
 def _positive_int(metadata: Mapping[str, Any], key: str, path: Path) -> int:
