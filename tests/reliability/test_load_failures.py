@@ -3,6 +3,7 @@ OpenAI error, the server stays healthy, and the model loads once repaired."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,3 +96,45 @@ def test_an_instance_that_cannot_embed_and_cannot_be_reloaded_answers_at_once(
         assert "weights unreadable" in error["message"]
         fine = http.post("/v1/embeddings", json={"model": "fine", "input": "hello"})
         assert fine.status_code == 200
+
+
+class GatedLoads:
+    """The real loader, held until `release` is set: a load slower than the request timeout."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.attempts = 0
+
+    def __call__(self, folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:
+        self.attempts += 1
+        self.release.wait(timeout=30)
+        return load_model(folder, settings, reloading=reloading)
+
+
+def test_the_request_timeout_covers_a_slow_load_which_finishes_for_the_next_request(
+    tmp_path: Path,
+) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "slow")
+    loads = GatedLoads()
+    registry = ModelRegistry(models_dir, loads)
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, request_timeout=0.5)
+    with (
+        serve_in_thread(settings, registry) as server,
+        httpx.Client(base_url=server.base_url, timeout=30) as http,
+    ):
+        started = time.monotonic()
+        response = http.post("/v1/embeddings", json={"model": "slow", "input": "hello"})
+        elapsed = time.monotonic() - started
+        error = assert_error(response, 503, "timeout")
+        assert "within 0.5 s" in error["message"]
+        # Before, the load was outside the timeout: the request waited for it (here, 30 s).
+        assert elapsed < 10, f"answered after {elapsed:.1f} s"
+        loads.release.set()
+        # The abandoned load was not cancelled: it finishes, and the next request uses it.
+        deadline = time.monotonic() + 20
+        while registry.find("slow").loaded is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert http.post("/v1/embeddings", json={"model": "slow", "input": "hi"}).status_code == 200
+        assert loads.attempts == 1
+        assert http.get("/health").status_code == 200

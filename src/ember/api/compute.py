@@ -18,6 +18,7 @@ from ember.engines.base import Engine, TokenIds, Vectors
 from ember.errors import RequestTimedOut
 from ember.models.graph_files import graph_files
 from ember.models.loader import LoadedModel
+from ember.models.registry import RegisteredModel
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,35 @@ class Fingerprints:
         return fingerprint
 
 
+async def loaded_by(state: AppState, entry: RegisteredModel, deadline: float) -> LoadedModel:
+    """`entry` loaded, or RequestTimedOut at `deadline` (event-loop time).
+
+    The load runs shielded: a request that gives up leaves it to finish for the next one
+    (a load slower than the timeout, cancelled each time, would never finish). Its outcome
+    is read even when nobody waits for it any more, so an error is not logged as lost.
+    """
+    load = asyncio.ensure_future(state.registry.load(entry))
+    load.add_done_callback(lambda done: done.cancelled() or done.exception())
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(load)
+    except TimeoutError:
+        raise _timed_out(state) from None
+
+
 async def compute_vectors(
-    request: Request, state: AppState, model: LoadedModel, sequences: list[TokenIds]
+    request: Request,
+    state: AppState,
+    model: LoadedModel,
+    sequences: list[TokenIds],
+    deadline: float,
 ) -> tuple[Vectors, int]:
-    """The vectors of `sequences` in order, and how many came from the cache."""
+    """The vectors of `sequences` in order, and how many came from the cache; RequestTimedOut
+    at `deadline` (event-loop time)."""
     cache = state.cache
     fingerprint = None if cache is None else await state.fingerprints.of(model)
     if cache is None or fingerprint is None:
-        return await _scheduled(request, state, model, sequences), 0
+        return await _scheduled(request, state, model, sequences, deadline), 0
     keys = EmbeddingCache.keys(fingerprint, sequences)
     found = await asyncio.to_thread(cache.lookup, keys)
     missing = [position for position, vector in enumerate(found) if vector is None]
@@ -70,7 +92,7 @@ async def compute_vectors(
     computed = np.empty((0, 0), dtype=np.float32)
     if missing:
         computed = await _scheduled(
-            request, state, model, [sequences[position] for position in missing]
+            request, state, model, [sequences[position] for position in missing], deadline
         )
         await asyncio.to_thread(cache.store, [keys[position] for position in missing], computed)
     width = computed.shape[1] if missing else len(next(v for v in found if v is not None))
@@ -84,7 +106,11 @@ async def compute_vectors(
 
 
 async def _scheduled(
-    request: Request, state: AppState, model: LoadedModel, sequences: list[TokenIds]
+    request: Request,
+    state: AppState,
+    model: LoadedModel,
+    sequences: list[TokenIds],
+    deadline: float,
 ) -> Vectors:
     model_id = model.settings.id
 
@@ -96,11 +122,19 @@ async def _scheduled(
     )
     if vectors.done():  # it ran on this thread: nothing to wait for, or to watch
         return vectors.result()
-    return await _until_done_or_gone(request, vectors, state.settings.request_timeout)
+    try:
+        return await _until_done_or_gone(request, vectors, deadline)
+    except TimeoutError:
+        raise _timed_out(state) from None
+
+
+def _timed_out(state: AppState) -> RequestTimedOut:
+    timeout = state.settings.request_timeout
+    return RequestTimedOut(f"The request did not finish within {timeout:g} s and was dropped.")
 
 
 async def _until_done_or_gone(
-    request: Request, vectors: asyncio.Future[Vectors], timeout: float
+    request: Request, vectors: asyncio.Future[Vectors], deadline: float
 ) -> Vectors:
     """Await the vectors; give up (and drop the queued work) on disconnect or timeout.
 
@@ -113,12 +147,8 @@ async def _until_done_or_gone(
     gone = asyncio.Event()
     watcher = asyncio.create_task(_cancel_when_gone(request, handler, gone))
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             return await vectors
-    except TimeoutError:
-        raise RequestTimedOut(
-            f"The request did not finish within {timeout:g} s and was dropped."
-        ) from None
     except asyncio.CancelledError:
         if not gone.is_set():
             raise  # the server cancelled the request (shutdown): its queued work is dropped

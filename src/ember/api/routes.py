@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.api.auth import require_api_key
-from ember.api.compute import ClientGone, compute_vectors
+from ember.api.compute import ClientGone, compute_vectors, loaded_by
 from ember.api.content_coding import codings, decode
 from ember.api.encoding import embeddings_body
 from ember.api.errors import validation_message
@@ -83,8 +83,9 @@ async def create_embeddings(request: Request) -> Response:
     entry = state.registry.find(body.model)
     if entry.settings is not None and not entry.settings.embedding:
         raise ModelNotEmbedding("Model does not support embeddings", entry.model_id)
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
     with state.registry.in_use(entry):
-        model = await state.registry.load(entry)
+        model = await loaded_by(state, entry, deadline)
         settings = model.settings
         if body.dimensions is not None:
             _check_dimensions(
@@ -106,7 +107,9 @@ async def create_embeddings(request: Request) -> Response:
             "tokens": prepared.prompt_tokens,
         }
         try:
-            vectors, cache_hits = await compute_vectors(request, state, model, prepared.sequences)
+            vectors, cache_hits = await compute_vectors(
+                request, state, model, prepared.sequences, deadline
+            )
         except ClientGone:
             return Response(status_code=499)  # the client is gone; nobody reads this
     state.metrics.count_embedded(settings.id, len(prepared.sequences), prepared.prompt_tokens)
