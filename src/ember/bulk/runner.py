@@ -32,6 +32,7 @@ from ember.bulk.errors import BulkError, InputUnreadable, OutputExists
 from ember.bulk.formats import InputFormat, OutputFormat, require_pyarrow
 from ember.bulk.lock import output_lock
 from ember.bulk.readers import Reader, Row, open_reader
+from ember.bulk.tokens import tokenised
 from ember.bulk.writers import (
     EmbeddedChunk,
     OutputSpec,
@@ -40,7 +41,7 @@ from ember.bulk.writers import (
     has_partial,
     open_writer,
 )
-from ember.engines.base import TokenBatch, TokenIds, Vectors, embed_on_lanes
+from ember.engines.base import TokenBatch, Vectors, embed_on_lanes
 from ember.errors import DimensionsNotSupported, EmberError, EngineFailure, ModelNotEmbedding
 from ember.models.loader import LoadedModel
 from ember.models.prompts import prompt_for
@@ -277,8 +278,8 @@ def _embed_chunk(
     present = np.array([bool(row.text.strip()) for row in rows], dtype=np.bool_)
     positions = np.flatnonzero(present)
     texts = [prefix + rows[position].text for position in positions]
-    sequences, truncated = _tokenised(
-        texts, first_index + positions, model, truncate=options.truncate
+    sequences, truncated = tokenised(
+        texts, first_index + positions, model.tokenizer, truncate=options.truncate
     )
     native = np.zeros((len(rows), model.settings.dimensions), dtype=np.float32)
     lengths = [len(sequence) for sequence in sequences]
@@ -322,25 +323,6 @@ def _engine_results(
             f"{first_index + rows - 1} ({type(exc).__name__}: {exc}); the {first_index:,} rows "
             "before are saved, so the same command resumes from there."
         ) from exc
-
-
-def _tokenised(
-    texts: list[str], indices: npt.NDArray[np.intp], model: LoadedModel, *, truncate: bool
-) -> tuple[list[TokenIds], int]:
-    """Token ids as the server makes them: cut to the model's limit, or refused past it."""
-    sequences = model.tokenizer.encode(texts)
-    limit, truncated = model.settings.ctx_len, 0
-    for number, sequence in enumerate(sequences):
-        if len(sequence) <= limit:
-            continue
-        if not truncate:
-            raise InputUnreadable(
-                f"Row {indices[number]} has {len(sequence)} tokens; the model takes at most "
-                f"{limit}. Leave out --no-truncate to cut such rows to the limit."
-            )
-        sequences[number] = model.tokenizer.truncate_ids(sequence)
-        truncated += 1
-    return sequences, truncated
 
 
 def _output_dimensions(settings: ModelSettings, requested: int | None) -> int:
