@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ember.bulk.checkpoint import checkpoint_path, read_checkpoint
 from tests.bulk.conftest import FAKE_MODEL, Invoke
 from tests.support.models import WORDS, write_fake_model
@@ -74,3 +76,21 @@ def test_an_existing_output_is_kept_unless_the_run_is_told_to_replace_it(
     replaced = invoke(*args, "--restart")
     assert replaced.exit_code == 0, replaced.output
     assert output.read_text().startswith('{"index":0,"embedding":[')
+
+
+def test_stdin_and_stdout_are_refused_with_the_reason(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\n")
+    common = ["-m", FAKE_MODEL, "--models-dir", fake_models_dir]
+
+    from_stdin = invoke("embed", "-", "-o", tmp_path / "v.jsonl", *common)
+    assert from_stdin.exit_code == 2
+    assert "Error: INPUT cannot be stdin ('-')" in from_stdin.output
+
+    to_stdout = invoke("embed", source, "-o", "-", "--output-format", "jsonl", *common)
+    assert to_stdout.exit_code == 2
+    assert "Error: OUTPUT cannot be stdout ('-')" in to_stdout.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "models"]

@@ -39,7 +39,9 @@ from ember.models.registry import ModelRegistry
 
 @click.command()
 @click.argument(
-    "input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "input_path",
+    metavar="INPUT",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
 )
 @click.option("-m", "--model", required=True, help="Model id or alias (see `ember models list`).")
 @click.option(
@@ -126,6 +128,7 @@ def embed(
     that exists otherwise is replaced only with --restart.
     """
     warnings_to_terminal()
+    refuse_dashes(input_path, output)
     chosen_output = output_format_for(output) if output_format == "auto" else output_format
     if chosen_output is None:
         raise click.UsageError(
@@ -169,6 +172,21 @@ def embed(
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
         raise SystemExit(128 + signum) from None
     click.echo(summary_line(summary))
+
+
+def refuse_dashes(input_path: Path, output: Path) -> None:
+    """'-' names no file here: a run reads INPUT more than once (to count its rows, and to
+    resume), and builds OUTPUT beside itself before putting it in place."""
+    if str(input_path) == "-":
+        raise click.UsageError(
+            "INPUT cannot be stdin ('-'): a run reads it more than once, to count its rows "
+            "and to resume. Save the rows to a file first."
+        )
+    if str(output) == "-":
+        raise click.UsageError(
+            "OUTPUT cannot be stdout ('-'): a run writes it in place, resumably. Name a file "
+            "(e.g. -o vectors.jsonl), then read that."
+        )
 
 
 def saved_note(output: Path) -> str:
