@@ -69,3 +69,34 @@ def test_a_stopped_run_says_so_and_resumes_to_the_same_bytes(
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         ["input.txt", "models", reference.name, output.name]
     )
+
+
+def test_a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, SLOW_MODEL, fake={"delay_seconds": 0.02})
+    source = tmp_path / "input.txt"
+    source.write_text("".join(f"{WORDS[row % len(WORDS)]} {row}\n" for row in range(ROWS)))
+    reference, output = tmp_path / "ref.npy", tmp_path / "out.npy"
+
+    def command(path: Path) -> list[str]:
+        return ember("embed", source, "-m", SLOW_MODEL, "-o", path, "--models-dir", models_dir,
+                     "--chunk-rows", "10")  # fmt: skip
+
+    subprocess.run(command(reference), check=True, capture_output=True, timeout=120)
+    first = subprocess.Popen(command(output), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while (saved := read_checkpoint(checkpoint_path(output))) is None or saved.rows_done < 50:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no progress within 60 s"
+        time.sleep(0.005)
+    second = subprocess.run(command(output), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert "Another ember embed is already writing" in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    assert (tmp_path / "out.npy.ember-lock").exists()  # the dead run's, left behind
+
+    resumed = subprocess.run(command(output), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert output.read_bytes() == reference.read_bytes()
+    assert not (tmp_path / "out.npy.ember-lock").exists()
