@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ember.bulk.checkpoint import checkpoint_path, read_checkpoint
+from ember.engines.base import TokenBatch, Vectors
+from ember.engines.fake import FakeEngine
 from tests.bulk.conftest import FAKE_MODEL, Invoke
 from tests.support.models import WORDS, write_fake_model
 
@@ -94,3 +97,35 @@ def test_stdin_and_stdout_are_refused_with_the_reason(
     assert to_stdout.exit_code == 2
     assert "Error: OUTPUT cannot be stdout ('-')" in to_stdout.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "models"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [lambda vectors: vectors[:1], lambda vectors: vectors[:, :4]],
+    ids=["one row for the batch", "vectors too narrow"],
+)
+def test_an_engine_answer_without_a_vector_per_row_is_refused_not_written(
+    tmp_path: Path,
+    fake_models_dir: Path,
+    invoke: Invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: Callable[[Vectors], Vectors],
+) -> None:
+    embed = FakeEngine.embed
+
+    def faulty(engine: FakeEngine, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        return answer(embed(engine, batch, alone=alone))
+
+    monkeypatch.setattr(FakeEngine, "embed", faulty)  # the fault injected
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\nthe lazy dog\nthe fox jumps\n")
+    output = tmp_path / "v.jsonl"
+    failed = invoke(
+        "embed", source, "-o", output, "--models-dir", fake_models_dir, "-m", FAKE_MODEL
+    )
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert "Error: The model 'fake-bulk' failed on rows 0-2 (ValueError: the engine answered" in (
+        failed.output
+    )
+    assert not output.exists()

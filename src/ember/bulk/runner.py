@@ -41,7 +41,7 @@ from ember.bulk.writers import (
     has_partial,
     open_writer,
 )
-from ember.engines.base import TokenBatch, Vectors, embed_on_lanes
+from ember.engines.base import TokenBatch, Vectors, checked_rows, embed_on_lanes
 from ember.errors import DimensionsNotSupported, EmberError, EngineFailure, ModelNotEmbedding
 from ember.models.loader import LoadedModel
 from ember.models.prompts import prompt_for
@@ -311,10 +311,12 @@ def _embed_chunk(
 def _engine_results(
     model: LoadedModel, batches: list[TokenBatch], first_index: int, rows: int
 ) -> Iterator[Vectors]:
-    """The engine's vectors batch by batch; its own fault becomes one EngineFailure naming the
-    rows, not a traceback (the chunks before are saved, so the same command resumes)."""
+    """The engine's vectors batch by batch; its own fault, or an answer without one vector per
+    row, becomes one EngineFailure naming the rows, not a traceback or vectors in the wrong
+    places (the chunks before are saved, so the same command resumes)."""
     try:
-        yield from embed_on_lanes(model.engine, batches)
+        for batch, vectors in zip(batches, embed_on_lanes(model.engine, batches), strict=True):
+            yield checked_rows(vectors, len(batch), model.settings.dimensions)
     except EmberError:
         raise
     except Exception as exc:

@@ -87,6 +87,15 @@ class ModelTokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def checked_rows(vectors: Vectors, expected: int, width: int | None = None) -> Vectors:
+    """An engine's answer, refused (ValueError) unless one row per sequence (and `width`
+    columns, when given): a short answer would leave inputs without vectors, and a single
+    row would broadcast over a whole batch's places unnoticed."""
+    if vectors.ndim != 2 or len(vectors) != expected or width not in (None, vectors.shape[1]):
+        raise ValueError(f"the engine answered {expected} inputs with shape {vectors.shape}")
+    return vectors
+
+
 def embed_on_lanes(engine: Engine, batches: Sequence[TokenBatch]) -> Iterator[Vectors]:
     """Each batch's vectors, in order, for a caller holding all its batches at once: several
     on the engine's lanes side by side, a lone one `alone` on every core, as the server's

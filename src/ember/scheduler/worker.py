@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 
-from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors
+from ember.engines.base import Engine, TokenBatch, TokenIds, Vectors, checked_rows
 from ember.errors import (
     EmbeddingUnsupported,
     EmberError,
@@ -392,7 +392,7 @@ class ModelWorker:
             self._observe_batch(len(tokens), tokens.padded_tokens)
         started = time.perf_counter()
         vectors = engine.embed(tokens, alone=alone)
-        _check_rows(vectors, len(tokens))
+        checked_rows(vectors, len(tokens))
         # Only batches run alone tell how an inline run would go: one beside another runs on
         # part of the cores.
         if alone and tokens.padded_tokens <= INLINE_MAX_TOKENS:
@@ -446,7 +446,7 @@ class ModelWorker:
         tokens = TokenBatch([item.job.sequences[item.index] for item in batch])
         try:
             vectors = await asyncio.to_thread(engine.embed, tokens)
-            finished = self._store(batch, _check_rows(vectors, len(tokens)))
+            finished = self._store(batch, checked_rows(vectors, len(tokens)))
         except EmbeddingUnsupported:
             unsupported = EmbeddingUnsupported("Embeddings endpoint not available", self.name)
             _fail(batch, unsupported)
@@ -481,14 +481,6 @@ class ModelWorker:
         with self._ready:
             jobs = self._pool.take_all()
         _fail_jobs(jobs, error)
-
-
-def _check_rows(vectors: Vectors, expected: int) -> Vectors:
-    """An engine's vectors, refused unless one row per sequence: a short answer would leave
-    requests waiting for rows that never come."""
-    if vectors.ndim != 2 or len(vectors) != expected:
-        raise ValueError(f"the engine answered {expected} inputs with shape {vectors.shape}")
-    return vectors
 
 
 def _resolve(finished: list[EmbeddingJob]) -> None:
