@@ -251,3 +251,29 @@ def test_a_second_run_on_an_output_being_written_is_refused(
     # The first run's output is whole: the second one did not swap its partial file in.
     assert job.output_path.read_bytes() == (reference / job.output_path.name).read_bytes()
     assert [path.name for path in tmp_path.glob("out*")] == [job.output_path.name]
+
+
+def test_a_chunk_also_ends_at_its_character_budget(
+    tmp_path: Path, fake_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = uninterrupted_output(tmp_path, fake_models_dir, "jsonl")
+    job = make_job(tmp_path, "jsonl", chunk_chars=40)
+    saved_rows: list[int] = []
+    save = runner.save_checkpoint
+
+    def record(path: Path, point: Checkpoint) -> None:
+        saved_rows.append(point.rows_done)
+        save(path, point)
+
+    monkeypatch.setattr(runner, "save_checkpoint", record)
+    run(fake_models_dir, job)
+    texts = job.input_path.read_text().splitlines()
+    ends = [rows for rows in saved_rows if rows]  # the first save is the empty start
+    bounds = list(zip([0, *ends], ends, strict=False))
+    assert bounds[-1][1] == ROWS
+    for start, stop in bounds:
+        held_before_last = sum(len(text) for text in texts[start : stop - 1])
+        assert stop - start <= 8
+        assert held_before_last < 40  # it ended at the row that reached the budget
+    assert min(stop - start for start, stop in bounds[:-1]) < 8  # the budget did end some
+    assert job.output_path.read_bytes() == (reference / job.output_path.name).read_bytes()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -51,13 +50,16 @@ from ember.pooling import shorten
 
 @dataclass(frozen=True)
 class EmbedOptions:
-    """How to embed: the first three change the vectors, the last two only the pace."""
+    """How to embed: the first three change the vectors, the last three only the pace (and
+    the memory: a chunk's rows are held whole, so it also ends at `chunk_chars` characters;
+    4,096 rows of a megabyte each would have held 4 GB)."""
 
     input_type: str | None = None
     dimensions: int | None = None
     truncate: bool = True
     batch_tokens: int = 8192
     chunk_rows: int = 4096
+    chunk_chars: int = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ def _write_chunks(
 ) -> tuple[Checkpoint, int]:
     """Embed and write chunk after chunk; the checkpoint follows each durable write."""
     tokens = 0
-    for chunk in _chunks(rows, options.chunk_rows):
+    for chunk in _chunks(rows, options.chunk_rows, options.chunk_chars):
         if checkpoint.rows_done + len(chunk) > checkpoint.total_rows:
             raise _changed_while_reading(checkpoint.total_rows)
         result = _embed_chunk(chunk, checkpoint.rows_done, model, prefix, options, progress)
@@ -343,8 +345,17 @@ def _output_dimensions(settings: ModelSettings, requested: int | None) -> int:
     return requested
 
 
-def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    while chunk := list(islice(rows, size)):
+def _chunks(rows: Iterator[Row], size: int, max_chars: int) -> Iterator[list[Row]]:
+    """Consecutive rows, `size` at most, ending early once they hold `max_chars` characters."""
+    chunk: list[Row] = []
+    chars = 0
+    for row in rows:
+        chunk.append(row)
+        chars += len(row.text)
+        if len(chunk) >= size or chars >= max_chars:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
         yield chunk
 
 
