@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,8 +75,9 @@ def load_gguf(
         reason = str(exc).replace(str(model_path), model_path.name)
         raise ModelLoadFailed(f"llama.cpp cannot load {model_path.name}: {reason}") from exc
     _check_positions(llama, llama_cpp, model_path, max_tokens)
-    tokenizer = LlamaTokenizer(llama, max_tokens)
-    engine = LlamaEngine(llama, llama_cpp, batch_size, normalize_output=normalize_output)
+    shared = SharedLlama(llama)
+    tokenizer = LlamaTokenizer(shared, max_tokens)
+    engine = LlamaEngine(shared, llama_cpp, batch_size, normalize_output=normalize_output)
     return tokenizer, engine
 
 
@@ -121,6 +124,47 @@ def _check_positions(llama: Any, llama_cpp: Any, model_path: Path, max_tokens: i
         )
 
 
+class SharedLlama:
+    """The llama.cpp instance that a model's tokenizer and engine share, freed once.
+
+    llama.cpp reads freed memory (a segfault) when called after its model is freed, and
+    aborts the process when two decodes run at once on one context. So every call holds the
+    instance open (`open`), decodes also take turns (`turn`), and `close` waits for the calls
+    running to end; a call after it raises EngineFailure. Tokenising needs no turn: it only
+    reads the vocabulary.
+    """
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+        self._state = threading.Condition()
+        self._users = 0
+        self._closed = False
+        self.turn = threading.Lock()
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        with self._state:
+            if self._closed:
+                raise EngineFailure("the llama.cpp model is closed")
+            self._users += 1
+        try:
+            yield self._llama
+        finally:
+            with self._state:
+                self._users -= 1
+                self._state.notify_all()
+
+    def close(self) -> bool:
+        """Free the instance once the calls running end; False if it was already closed."""
+        with self._state:
+            if self._closed:
+                return False
+            self._closed = True
+            self._state.wait_for(lambda: self._users == 0)
+        self._llama.close()
+        return True
+
+
 class LlamaTokenizer:
     """The model's own llama.cpp tokenizer behind Ember's ModelTokenizer contract.
 
@@ -129,20 +173,22 @@ class LlamaTokenizer:
     as Hugging Face tokenizers do.
     """
 
-    def __init__(self, llama: Any, max_tokens: int) -> None:
-        self._llama = llama
+    def __init__(self, shared: SharedLlama, max_tokens: int) -> None:
+        self._shared = shared
         self.max_tokens = max_tokens
-        self.vocab_size = int(llama.n_vocab())
-        # What llama.cpp wraps every text in, e.g. [CLS] … [SEP] for BERT.
-        empty = list(llama.tokenize(b"", add_bos=True, special=True))
+        with shared.open() as llama:
+            self.vocab_size = int(llama.n_vocab())
+            # What llama.cpp wraps every text in, e.g. [CLS] … [SEP] for BERT.
+            empty = list(llama.tokenize(b"", add_bos=True, special=True))
         self._special = SpecialTokens.from_empty_text(empty)
 
     def encode(self, texts: Sequence[str]) -> list[TokenIds]:
         """Token ids of each text with special tokens, untruncated."""
-        return [
-            _as_ids(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-            for text in texts
-        ]
+        with self._shared.open() as llama:
+            return [
+                _as_ids(llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+                for text in texts
+            ]
 
     def is_wrapped(self, ids: Sequence[int]) -> bool:
         return self._special.is_wrapped(ids)
@@ -154,7 +200,8 @@ class LlamaTokenizer:
         return self._special.truncate(ids, self.max_tokens)
 
     def decode(self, ids: Sequence[int]) -> str:
-        text: bytes = self._llama.detokenize([int(token) for token in ids], special=False)
+        with self._shared.open() as llama:
+            text: bytes = llama.detokenize([int(token) for token in ids], special=False)
         # WordPiece vocabularies mark word starts with a space, so decoded text opens with one.
         return text.decode("utf-8", errors="replace").lstrip(" ")
 
@@ -167,16 +214,16 @@ class LlamaEngine:
     """
 
     def __init__(
-        self, llama: Any, llama_cpp: Any, batch_size: int, *, normalize_output: bool
+        self, shared: SharedLlama, llama_cpp: Any, batch_size: int, *, normalize_output: bool
     ) -> None:
-        self._llama = llama
+        self._shared = shared
         self._api = llama_cpp
         self._batch_size = batch_size
         self._normalize = normalize_output
-        self._max_sequences = int(llama.context_params.n_seq_max)
-        self._dimensions = int(llama.n_embd())
+        with shared.open() as llama:
+            self._max_sequences = int(llama.context_params.n_seq_max)
+            self._dimensions = int(llama.n_embd())
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
-        self._closed = False
 
     @property
     def dimensions(self) -> int:
@@ -191,7 +238,8 @@ class LlamaEngine:
         return "llama.cpp"
 
     def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
-        rows = [self._embed_group(group) for group in self._groups(batch.sequences)]
+        with self._shared.open() as llama, self._shared.turn:
+            rows = [self._embed_group(llama, group) for group in self._groups(batch.sequences)]
         vectors = np.concatenate(rows) if rows else np.zeros((0, self._dimensions), np.float32)
         return normalize(vectors) if self._normalize else vectors
 
@@ -211,7 +259,7 @@ class LlamaEngine:
         if start < len(sequences):
             yield sequences[start:]
 
-    def _embed_group(self, sequences: Sequence[TokenIds]) -> Vectors:
+    def _embed_group(self, llama: Any, sequences: Sequence[TokenIds]) -> Vectors:
         batch = self._batch
         position = 0
         for seq_id, sequence in enumerate(sequences):
@@ -224,7 +272,7 @@ class LlamaEngine:
                 batch.logits[position] = 1
                 position += 1
         batch.n_tokens = position
-        context = self._llama.ctx
+        context = llama.ctx
         memory = self._api.llama_get_memory(context)
         if memory:  # decoder models keep a cache; encoders have none
             self._api.llama_memory_clear(memory, True)
@@ -242,11 +290,10 @@ class LlamaEngine:
         return vectors
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._api.llama_batch_free(self._batch)
-        self._llama.close()
+        """Free the model once a call running ends (the tokenizer's too); calls after this
+        raise EngineFailure. Closing again does nothing."""
+        if self._shared.close():
+            self._api.llama_batch_free(self._batch)
 
 
 def _as_ids(ids: Sequence[int]) -> TokenIds:
