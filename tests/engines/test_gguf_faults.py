@@ -166,3 +166,40 @@ def test_calls_after_close_raise_engine_failure(llama_cpp: Any, twins: TwinModel
     finished = run_child(AFTER_CLOSE, str(twins.gguf))
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.splitlines() == ["the llama.cpp model is closed"] * 3
+
+
+FILE_CHANGED_UNDER_IT = """
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ember.engines.base import TokenBatch
+from ember.engines.gguf import load_gguf
+
+path = Path(sys.argv[2])
+shutil.copy(sys.argv[1], path)
+tokenizer, engine = load_gguf(path, max_tokens=64, pooling="mean", normalize_output=True)
+ids = tokenizer.encode(["hello world", "the quick brown fox"])
+before = engine.embed(TokenBatch(ids))
+os.truncate(path, 1000)  # as `cp other.gguf model.gguf` does first
+np.testing.assert_array_equal(engine.embed(TokenBatch(ids)), before)
+path.write_bytes(b"\\0" * 100_000)  # rewritten in place
+np.testing.assert_array_equal(engine.embed(TokenBatch(ids)), before)
+path.unlink()
+np.testing.assert_array_equal(engine.embed(TokenBatch(ids)), before)
+engine.close()
+print("ok")
+"""
+
+
+def test_a_model_file_changed_after_load_changes_nothing(
+    llama_cpp: Any, twins: TwinModels, tmp_path: Path
+) -> None:
+    """llama.cpp mapped the file: truncated under a loaded model, the next call killed the
+    process with SIGBUS (the whole server), and rewritten in place it changed the vectors."""
+    finished = run_child(FILE_CHANGED_UNDER_IT, str(twins.gguf), str(tmp_path / "copy.gguf"))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip() == "ok"

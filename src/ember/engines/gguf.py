@@ -68,6 +68,11 @@ def load_gguf(
             pooling_type=POOLING_TYPES[pooling],
             n_threads=cores,
             n_threads_batch=cores,
+            # Read the weights in rather than map the file: a mapped file truncated while
+            # loaded (`cp` over it truncates it first) killed the whole server with SIGBUS
+            # at its next call, and one rewritten in place changed its vectors silently.
+            # Resident memory is the same; the pages are the process's own, not the cache's.
+            use_mmap=False,
             verbose=False,
         )
     except (ValueError, RuntimeError, OSError) as exc:
