@@ -203,3 +203,24 @@ def test_a_model_file_changed_after_load_changes_nothing(
     finished = run_child(FILE_CHANGED_UNDER_IT, str(twins.gguf), str(tmp_path / "copy.gguf"))
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.strip() == "ok"
+
+
+def test_empty_sequences_get_zero_rows_as_on_onnx(llama_cpp: Any, twins: TwinModels) -> None:
+    """An empty token list failed the whole batch ('no pooled vector', or llama_decode -1 when
+    all were empty), an engine fault the server answers by reloading the model; the ONNX
+    engines pool it to a zero row."""
+    tokenizer, engine = load_gguf(
+        twins.gguf, max_tokens=CTX_LEN, pooling="mean", normalize_output=True
+    )
+    reference = OnnxEngine(twins.onnx, pooling="mean", normalize_output=True, lanes=1)
+    empty = np.array([], dtype=np.int64)
+    try:
+        batch = TokenBatch([empty, *tokenizer.encode(["hello world"]), empty])
+        vectors = engine.embed(batch)
+        np.testing.assert_array_equal(vectors[[0, 2]], 0.0)
+        assert cosines(vectors[1:2], reference.embed(batch)[1:2]).min() >= MIN_COSINE
+        np.testing.assert_array_equal(reference.embed(batch)[[0, 2]], 0.0)
+        np.testing.assert_array_equal(engine.embed(TokenBatch([empty, empty])), 0.0)
+        assert engine.embed(TokenBatch([empty])).shape == (1, 32)
+    finally:
+        engine.close()

@@ -243,9 +243,15 @@ class LlamaEngine:
         return "llama.cpp"
 
     def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        # An empty sequence gets a zero row, as the ONNX engines pool one: llama.cpp has no
+        # vector for a sequence without tokens (and refuses a decode of none at all).
+        filled = [row for row, sequence in enumerate(batch.sequences) if len(sequence)]
+        sequences = [batch.sequences[row] for row in filled]
+        vectors = np.zeros((len(batch), self._dimensions), np.float32)
         with self._shared.open() as llama, self._shared.turn:
-            rows = [self._embed_group(llama, group) for group in self._groups(batch.sequences)]
-        vectors = np.concatenate(rows) if rows else np.zeros((0, self._dimensions), np.float32)
+            rows = [self._embed_group(llama, group) for group in self._groups(sequences)]
+        if rows:
+            vectors[filled] = np.concatenate(rows)
         return normalize(vectors) if self._normalize else vectors
 
     def _groups(self, sequences: Sequence[TokenIds]) -> Iterator[Sequence[TokenIds]]:
