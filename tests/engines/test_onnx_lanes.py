@@ -15,6 +15,7 @@ import pytest
 from ember.engines.base import TokenBatch
 from ember.engines.onnx import OnnxEngine, available_cores
 from ember.engines.onnx_graphs.bert import build_bert_graph
+from ember.errors import EngineFailure
 from tests.engines.test_bert_graph import tiny_config, tiny_weights
 
 
@@ -113,3 +114,18 @@ def test_a_process_exiting_while_the_lane_session_opens_exits_cleanly(graph_file
         )
         assert finished.returncode == 0, finished.stderr
         assert "terminate called" not in finished.stderr
+
+
+def test_calls_after_close_raise_engine_failure_and_closing_twice_is_harmless(
+    graph_file: Path,
+) -> None:
+    """A second close raised AttributeError, and so did a call after close; on lanes, such a
+    call would also have started opening a second session for the closed engine."""
+    for options in ({"lanes": 1}, {"threads": 2, "lanes": 2}):
+        closed = engine(graph_file, **options)
+        closed.close()
+        closed.close()
+        for alone in (True, False):
+            with pytest.raises(EngineFailure, match="closed"):
+                closed.embed(TokenBatch([np.arange(1, 6, dtype=np.int64)]), alone=alone)
+        assert closed._lane_session._opening is None

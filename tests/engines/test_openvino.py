@@ -13,7 +13,7 @@ from ember.engines.onnx import OnnxEngine
 from ember.engines.onnx_graphs.bert import build_bert_graph
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
 from ember.engines.openvino import NotForOpenVino, OpenVinoEngine, _pieces
-from ember.errors import ModelLoadFailed
+from ember.errors import EngineFailure, ModelLoadFailed
 from tests.engines.test_bert_graph import POSITIONS, VOCAB, tiny_config, tiny_weights
 from tests.support.openvino import require_openvino
 
@@ -68,6 +68,17 @@ def test_vectors_equal_onnx_runtimes(tmp_path: Path, chunk_tokens: int | None, r
 def test_an_empty_batch_gives_no_rows(tmp_path: Path) -> None:
     openvino, _ = both(saved_graph(tmp_path, "bert"))
     assert openvino.embed(TokenBatch([])).shape == (0, 32)
+
+
+def test_calls_after_close_raise_engine_failure_and_closing_twice_is_harmless(
+    tmp_path: Path,
+) -> None:
+    """A second close raised AttributeError, and so did a call after close."""
+    openvino, _ = both(saved_graph(tmp_path, "bert"))
+    openvino.close()
+    openvino.close()
+    with pytest.raises(EngineFailure, match="closed"):
+        openvino.embed(ragged_batch(2, 3))
 
 
 def test_pieces_keep_every_row_in_order_within_the_block() -> None:

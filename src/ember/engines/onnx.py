@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ember.engines.base import TokenBatch, TokenIds, Vectors
-from ember.errors import ModelLoadFailed
+from ember.errors import EngineFailure, ModelLoadFailed
 from ember.pooling import GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
@@ -105,16 +105,21 @@ class OnnxEngine:
         return "onnxruntime"
 
     def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        session = self._session
+        if session is None:
+            raise EngineFailure("the ONNX Runtime session is closed")
         feeds, attention_mask = graph_feeds(batch, self._pad_id, self._input_names)
         if alone or self._lanes == 1:
-            (output,) = self._session.run([self._output_name], feeds)
+            (output,) = session.run([self._output_name], feeds)
         else:
-            output = self._lane_session.run(self._output_name, feeds, fallback=self._session)
+            output = self._lane_session.run(self._output_name, feeds, fallback=session)
         return self._finish(output, attention_mask)
 
     def close(self) -> None:
+        """Drop the sessions (a call running keeps its own until it returns); calls after
+        this raise EngineFailure, and closing again does nothing."""
         self._lane_session.close()
-        del self._session
+        self._session = None
 
 
 def lane_count(
@@ -138,6 +143,7 @@ class _LaneSession:
         self._session: Any = None
         self._opening: threading.Thread | None = None
         self._turns = threading.Lock()
+        self._closed = False
 
     @property
     def is_open(self) -> bool:
@@ -155,7 +161,7 @@ class _LaneSession:
 
     def _start_opening(self) -> None:
         with self._turns:
-            if self._opening is None:
+            if self._opening is None and not self._closed:
                 # Not a daemon: the interpreter waits for it at exit. A daemon thread still
                 # inside ONNX Runtime when the process ended (an engine never closed) aborted
                 # it with "terminate called without an active exception".
@@ -169,6 +175,8 @@ class _LaneSession:
             log.warning("cannot open a second session for lanes (%s): taking turns", exc)
 
     def close(self) -> None:
+        with self._turns:
+            self._closed = True  # a call racing this one opens no session
         if self._opening is not None:
             self._opening.join()
         self._session = None

@@ -27,7 +27,7 @@ import onnx
 from ember.engines.base import TokenBatch, Vectors
 from ember.engines.onnx import POOLED_OUTPUT, available_cores, first_line, graph_feeds
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
-from ember.errors import ModelLoadFailed, RuntimeMissing
+from ember.errors import EngineFailure, ModelLoadFailed, RuntimeMissing
 from ember.pooling import GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ class OpenVinoEngine:
         except Exception as exc:  # OpenVINO raises its own untyped errors for bad graphs
             reason = first_line(exc).replace(str(model_path), model_path.name)
             raise ModelLoadFailed(f"OpenVINO cannot load {model_path.name}: {reason}") from exc
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()
+        self._compiled: Any = compiled
+        self._request: Any = compiled.create_infer_request()
         self._turn = threading.Lock()
         self._input_names = {name for port in compiled.inputs for name in port.get_names()}
         self._output = _output_port(compiled.outputs, output_name, model_path.name)
@@ -138,23 +138,30 @@ class OpenVinoEngine:
         return "openvino"
 
     def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
-        pieces = [self._embed_piece(piece) for piece in _pieces(batch, self._max_call_tokens)]
+        request = self._request
+        if request is None:
+            raise EngineFailure("the OpenVINO model is closed")
+        pieces = [
+            self._embed_piece(request, piece) for piece in _pieces(batch, self._max_call_tokens)
+        ]
         if not pieces:
             return np.empty((0, self._dimensions), dtype=np.float32)
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-    def _embed_piece(self, batch: TokenBatch) -> Vectors:
+    def _embed_piece(self, request: Any, batch: TokenBatch) -> Vectors:
         feeds, attention_mask = graph_feeds(batch, self._pad_id, self._input_names)
         with self._turn:
             # share_outputs=False: the rows are copied out of the request's buffer, which
             # the next call overwrites.
-            results = self._request.infer(feeds, share_inputs=False, share_outputs=False)
+            results = request.infer(feeds, share_inputs=False, share_outputs=False)
             output = results[self._output]
         return self._finish(output, attention_mask)
 
     def close(self) -> None:
-        del self._request
-        del self._compiled
+        """Drop the compiled model (a call running keeps it until it returns); calls after
+        this raise EngineFailure, and closing again does nothing."""
+        self._request = None
+        self._compiled = None
 
 
 def _pieces(batch: TokenBatch, max_tokens: int | None) -> list[TokenBatch]:
