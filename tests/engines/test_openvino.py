@@ -119,25 +119,32 @@ def test_unreadable_file_is_a_load_failure(tmp_path: Path) -> None:
         OpenVinoEngine(path, pooling="mean", normalize_output=True)
 
 
-def test_graphs_with_low_precision_weights_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_in", ["initializer", "constant_node"])
+def test_graphs_with_low_precision_weights_are_refused(tmp_path: Path, held_in: str) -> None:
     """One product's weight stored as int8 and dequantised in the graph (Cast, Mul), as
-    weight-quantised exports do: ONNX Runtime runs it, OpenVINO would use its own kernels."""
+    weight-quantised exports do: ONNX Runtime runs it, OpenVINO would use its own kernels.
+    Held in a Constant node rather than an initializer, as some exporters write weights, it
+    was accepted."""
     model = onnx.load(saved_graph(tmp_path, "bert"))
     name = "encoder.layer.0.intermediate.dense.weight"
     (weight,) = [t for t in model.graph.initializer if t.name == name]
     values = onnx.numpy_helper.to_array(weight)
     scale = np.float32(np.abs(values).max() / 127)
     model.graph.initializer.remove(weight)
-    model.graph.initializer.extend(
-        [
-            onnx.numpy_helper.from_array(np.round(values / scale).astype(np.int8), name + "_q"),
-            onnx.numpy_helper.from_array(np.asarray(scale), name + "_scale"),
-        ]
-    )
+    stored = [
+        onnx.numpy_helper.from_array(np.round(values / scale).astype(np.int8), name + "_q"),
+        onnx.numpy_helper.from_array(np.asarray(scale), name + "_scale"),
+    ]
     cast = onnx.helper.make_node("Cast", [name + "_q"], [name + "_f"], to=onnx.TensorProto.FLOAT)
     dequantize = onnx.helper.make_node("Mul", [name + "_f", name + "_scale"], [name])
     model.graph.node.insert(0, dequantize)
     model.graph.node.insert(0, cast)
+    if held_in == "initializer":
+        model.graph.initializer.extend(stored)
+    else:
+        for tensor in stored:
+            constant = onnx.helper.make_node("Constant", [], [tensor.name], value=tensor)
+            model.graph.node.insert(0, constant)
     path = tmp_path / "int8_weights.onnx"
     onnx.save(model, path)
     with pytest.raises(NotForOpenVino, match="INT8"):

@@ -230,9 +230,17 @@ def _call_limit(model_path: Path) -> int | None:
 
 
 def _contents(graph: Any) -> tuple[set[tuple[str, str]], set[int]]:
-    """(domain, operator) pairs and initializer data types of a graph and its subgraphs."""
+    """(domain, operator) pairs and weight data types of a graph and its subgraphs; weights
+    are initializers and Constant nodes' tensors, where some exporters keep them."""
     operators = {(node.domain, node.op_type) for node in graph.node}
     weight_types = {tensor.data_type for tensor in graph.initializer}
+    weight_types |= {
+        attribute.t.data_type
+        for node in graph.node
+        if node.op_type == "Constant" and node.domain in _STANDARD_DOMAINS
+        for attribute in node.attribute
+        if attribute.HasField("t")
+    }
     for node in graph.node:
         for attribute in node.attribute:
             for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
