@@ -7,6 +7,7 @@ import gc
 import threading
 import time
 import weakref
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -123,6 +124,38 @@ def test_memory_budget_unloads_an_idle_model_before_one_a_request_is_using(
         embed(client, "third")
         assert loaded(client) == {"busy": True, "idle": False, "third": True}
         request.result()
+
+
+def test_requests_to_two_models_with_room_for_one_load_each_model_once(tmp_path: Path) -> None:
+    """A request loaded its model, then looked it up again to queue its work: when the other
+    model's load had made room meanwhile (tokenising yields), it loaded its model a second
+    time, unloading the other, whose request then did the same. Each swap cost two loads per
+    request (a soak with 2 models, room for 1: 1.85 loads per request), and the second load
+    ran past the request's timeout."""
+    models_dir = tmp_path / "models"
+    for model_id in ("first", "second"):
+        folder = write_fake_model(models_dir, model_id, model_file="weights.bin")
+        (folder / "weights.bin").write_bytes(b"\0" * 2**20)
+    loads: Counter[str] = Counter()
+
+    def slow_loader(folder: Path, settings: ModelSettings, reloading: bool) -> LoadedModel:
+        loads[settings.id] += 1
+        time.sleep(0.3)  # the second request arrives while the first one's model loads
+        return load_model(folder, settings, reloading=reloading)
+
+    registry = ModelRegistry(models_dir, slow_loader, memory_budget=2**20)
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, max_loaded_memory_mb=1)
+    with (
+        serve_in_thread(settings, registry) as running,
+        httpx.Client(base_url=running.base_url, timeout=30) as client,
+        ThreadPoolExecutor() as pool,
+    ):
+        first = pool.submit(embed, client, "first")
+        time.sleep(0.1)
+        second = pool.submit(embed, client, "second")
+        first.result()
+        second.result()
+    assert loads == {"first": 1, "second": 1}
 
 
 def wait_until_unloaded(client: httpx.Client, model: str) -> None:

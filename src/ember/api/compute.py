@@ -117,8 +117,16 @@ async def _scheduled(
     async def engine_source(reload: bool) -> Engine:
         return (await state.registry.acquire(model_id, reload=reload)).engine
 
+    # Queued for the engine this request loaded, unless a reload replaced it since: looked up
+    # by name, a model unloaded meanwhile was loaded again, outside the request's deadline,
+    # and under a memory budget that unloaded the model whose load had made room, so two
+    # models' requests took turns loading theirs twice each.
     vectors = await state.scheduler.submit(
-        model_id, sequences, engine_source=engine_source, token_budget=model.settings.ubatch_size
+        model_id,
+        sequences,
+        engine=state.registry.serving(model).engine,
+        engine_source=engine_source,
+        token_budget=model.settings.ubatch_size,
     )
     if vectors.done():  # it ran on this thread: nothing to wait for, or to watch
         return vectors.result()

@@ -221,6 +221,14 @@ class ModelRegistry:
                 self.on_load(settings.id, entry.loaded.load_seconds)
             return entry.loaded
 
+    def serving(self, model: LoadedModel) -> LoadedModel:
+        """What serves a request that loaded `model`: the model's load now, or `model` itself
+        once unloaded (keep_alive, the memory budget, its folder removed). Unloading only
+        drops it, so the request that holds it can finish on it; a reload closes it."""
+        entry = self._models.get(model.settings.id)
+        current = entry.loaded if entry is not None else None
+        return current if current is not None else model
+
     @contextlib.contextmanager
     def in_use(self, entry: RegisteredModel) -> Iterator[None]:
         """Mark `entry` busy for a request's whole life: `keep_alive` unloads a model idle

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ember.engines.base import TokenIds, Vectors
+from ember.engines.base import Engine, TokenIds, Vectors
 from ember.scheduler.worker import BatchObserver, EngineSource, ModelWorker
 
 
@@ -25,9 +25,10 @@ class Scheduler:
         *,
         engine_source: EngineSource,
         token_budget: int,
+        engine: Engine | None = None,
     ) -> asyncio.Future[Vectors]:
-        """Queue `sequences` for `model_id`'s engine, batched with other work: the future gets
-        their vectors (see ModelWorker.submit)."""
+        """Queue `sequences` for `model_id`'s `engine` (else the engine source's), batched with
+        other work: the future gets their vectors (see ModelWorker.submit)."""
         worker = self._workers.get(model_id)
         if worker is None:
             self._forget_retired()
@@ -41,7 +42,7 @@ class Scheduler:
             self._workers[model_id] = worker
         else:  # the model's settings may have been edited (and the model reloaded) since
             worker.set_token_budget(token_budget)
-        return await worker.submit(sequences)
+        return await worker.submit(sequences, engine)
 
     def queue_depths(self) -> dict[str, int]:
         """Inputs waiting, by model; a model whose worker was forgotten since the last call

@@ -131,14 +131,18 @@ class ModelWorker:
             if not vectors.done():
                 vectors.cancel()  # the caller went away: its items are skipped
 
-    async def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[Vectors]:
-        """Queue `sequences`; the future gets their vectors in order (already, when the request
-        ran on this thread). Cancelling the future drops the queued work."""
-        self._admitting += 1  # a retired worker is forgotten: not while this one waits
-        try:
-            engine = await self._engine_source(False)  # loads the model on first use
-        finally:
-            self._admitting -= 1
+    async def submit(
+        self, sequences: Sequence[TokenIds], engine: Engine | None = None
+    ) -> asyncio.Future[Vectors]:
+        """Queue `sequences` for `engine`, else the engine source's; the future gets their
+        vectors in order (already, when the request ran on this thread). Cancelling the
+        future drops the queued work."""
+        if engine is None:
+            self._admitting += 1  # a retired worker is forgotten: not while this one waits
+            try:
+                engine = await self._engine_source(False)  # loads the model on first use
+            finally:
+                self._admitting -= 1
         job = EmbeddingJob(sequences, asyncio.get_running_loop().create_future())
         with self._ready:
             self._serve_engine(engine)
