@@ -89,7 +89,7 @@ def test_boundaries_and_batches_past_one_llama_batch_match_onnx(
         one_by_one = np.concatenate([engine.embed(TokenBatch([row])) for row in batch.sequences])
         np.testing.assert_allclose(vectors, one_by_one, atol=1e-6)
         assert engine.embed(TokenBatch([])).shape == (0, 32)
-        with pytest.raises(EngineFailure, match=f"{CTX_LEN + 1} tokens"):
+        with pytest.raises(EngineFailure, match=f"{CTX_LEN + 1} tokens exceeds ctx_len"):
             engine.embed(TokenBatch([wrapped(rng, CTX_LEN + 1, tokenizer.vocab_size)]))
     finally:
         engine.close()
@@ -224,3 +224,40 @@ def test_empty_sequences_get_zero_rows_as_on_onnx(llama_cpp: Any, twins: TwinMod
         assert engine.embed(TokenBatch([empty])).shape == (1, 32)
     finally:
         engine.close()
+
+
+PAST_CTX_LEN = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ember.engines.base import TokenBatch
+from ember.engines.gguf import load_gguf
+from ember.errors import EngineFailure
+
+tokenizer, engine = load_gguf(Path(sys.argv[1]), max_tokens=64, batch_tokens=512,
+                              pooling="mean", normalize_output=True)
+for length in (65, 300):
+    ids = np.concatenate([[2], np.full(length - 2, 12), [3]]).astype(np.int64)
+    try:
+        engine.embed(TokenBatch([tokenizer.encode(["hello"])[0], ids]))
+    except EngineFailure as exc:
+        print(exc)
+print(engine.embed(TokenBatch(tokenizer.encode(["hello"]))).shape)
+"""
+
+
+def test_a_sequence_past_ctx_len_is_refused_when_the_batch_is_larger(
+    llama_cpp: Any, twins: TwinModels
+) -> None:
+    """With ubatch_size above ctx_len (its default is 512), the engine took any sequence
+    that fit the batch, and past BERT's 64 learned positions llama.cpp aborted the process;
+    it is refused by ctx_len, and the engine goes on serving."""
+    finished = run_child(PAST_CTX_LEN, str(twins.gguf))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.splitlines() == [
+        "a sequence of 65 tokens exceeds ctx_len 64",
+        "a sequence of 300 tokens exceeds ctx_len 64",
+        "(1, 32)",
+    ]

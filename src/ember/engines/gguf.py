@@ -82,7 +82,9 @@ def load_gguf(
     _check_positions(llama, llama_cpp, model_path, max_tokens)
     shared = SharedLlama(llama)
     tokenizer = LlamaTokenizer(shared, max_tokens)
-    engine = LlamaEngine(shared, llama_cpp, batch_size, normalize_output=normalize_output)
+    engine = LlamaEngine(
+        shared, llama_cpp, batch_size, max_tokens=max_tokens, normalize_output=normalize_output
+    )
     return tokenizer, engine
 
 
@@ -219,11 +221,18 @@ class LlamaEngine:
     """
 
     def __init__(
-        self, shared: SharedLlama, llama_cpp: Any, batch_size: int, *, normalize_output: bool
+        self,
+        shared: SharedLlama,
+        llama_cpp: Any,
+        batch_size: int,
+        *,
+        max_tokens: int,
+        normalize_output: bool,
     ) -> None:
         self._shared = shared
         self._api = llama_cpp
         self._batch_size = batch_size
+        self._max_tokens = max_tokens
         self._normalize = normalize_output
         with shared.open() as llama:
             self._max_sequences = int(llama.context_params.n_seq_max)
@@ -258,9 +267,11 @@ class LlamaEngine:
         """Consecutive runs of sequences that fit one llama.cpp batch."""
         start, tokens = 0, 0
         for index, sequence in enumerate(sequences):
-            if len(sequence) > self._batch_size:
+            # Not the batch size, which may be larger: past a learned position table,
+            # llama.cpp aborts the process (GGML_ASSERT in get_rows).
+            if len(sequence) > self._max_tokens:
                 raise EngineFailure(
-                    f"a sequence of {len(sequence)} tokens exceeds the batch of {self._batch_size}"
+                    f"a sequence of {len(sequence)} tokens exceeds ctx_len {self._max_tokens}"
                 )
             full = tokens + len(sequence) > self._batch_size
             if index > start and (full or index - start >= self._max_sequences):
