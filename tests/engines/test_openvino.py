@@ -119,6 +119,28 @@ def test_unreadable_file_is_a_load_failure(tmp_path: Path) -> None:
         OpenVinoEngine(path, pooling="mean", normalize_output=True)
 
 
+def test_a_graph_openvino_cannot_convert_is_one_clear_load_failure(tmp_path: Path) -> None:
+    """A standard operator OpenVINO has no conversion for: the message kept only the first
+    line of OpenVINO's error, a source location ("Exception from src/inference/...")."""
+    ids = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["b", "s"])
+    output = onnx.helper.make_tensor_value_info("sentence_embedding", onnx.TensorProto.FLOAT, [])
+    counts = onnx.helper.make_node(
+        "TfIdfVectorizer", ["input_ids"], ["sentence_embedding"], mode="TF", min_gram_length=1,
+        max_gram_length=1, max_skip_count=0, ngram_counts=[0], ngram_indexes=[0, 1],
+        pool_int64s=[5, 6],
+    )  # fmt: skip
+    graph = onnx.helper.make_graph([counts], "tfidf", [ids], [output])
+    path = tmp_path / "tfidf.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ModelLoadFailed) as refused:
+        OpenVinoEngine(path, pooling="mean", normalize_output=True)
+    message = refused.value.message
+    assert message.startswith("OpenVINO cannot load tfidf.onnx: ")
+    assert "TfIdfVectorizer" in message
+    assert "Exception from" not in message
+    assert str(tmp_path) not in message
+
+
 @pytest.mark.parametrize("held_in", ["initializer", "constant_node"])
 def test_graphs_with_low_precision_weights_are_refused(tmp_path: Path, held_in: str) -> None:
     """One product's weight stored as int8 and dequantised in the graph (Cast, Mul), as

@@ -108,7 +108,7 @@ class OpenVinoEngine:
         try:
             compiled = ov.Core().compile_model(str(model_path), "CPU", config)
         except Exception as exc:  # OpenVINO raises its own untyped errors for bad graphs
-            reason = first_line(exc).replace(str(model_path), model_path.name)
+            reason = _reason(exc).replace(str(model_path), model_path.name)
             raise ModelLoadFailed(f"OpenVINO cannot load {model_path.name}: {reason}") from exc
         self._compiled: Any = compiled
         self._request: Any = compiled.create_infer_request()
@@ -248,6 +248,19 @@ def _contents(graph: Any) -> tuple[set[tuple[str, str]], set[int]]:
                 operators |= inner_operators
                 weight_types |= inner_types
     return operators, weight_types
+
+
+def _reason(exc: Exception) -> str:
+    """What an OpenVINO error says, without the source locations it opens with: its first
+    line was all that was kept ("Exception from src/inference/src/cpp/core.cpp:132:"), and
+    the operator a graph needs and OpenVINO lacks came lines later."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    said = [
+        line
+        for line in lines
+        if line and not line.startswith(("Exception from ", "Check '", "FrontEnd API failed with"))
+    ]
+    return " ".join(said) if said else first_line(exc)
 
 
 def _output_port(outputs: list[Any], wanted: str | None, file_name: str) -> Any:
