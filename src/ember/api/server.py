@@ -15,7 +15,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from ember.api.app import create_app
-from ember.api.http_protocol import GuardedHttpToolsProtocol
+from ember.api.http_protocol import REQUEST_HEAD_SECONDS, GuardedHttpToolsProtocol
 from ember.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) ->
         log_level=log_level,
         access_log=False,  # ObserveMiddleware writes Ember's own access log
         http=GuardedHttpToolsProtocol,
+        # Idle connections close on the protocol's head timer. uvicorn's own default (5 s) is
+        # the expiry of httpx's pool too: a request sent as both ran out failed (ReadError).
+        timeout_keep_alive=math.ceil(REQUEST_HEAD_SECONDS),
         lifespan="on",
         # uvicorn hands this to asyncio.timeout, which takes float seconds (int() made 0.9
         # no grace at all) and None for no limit (int() of inf raised OverflowError).
