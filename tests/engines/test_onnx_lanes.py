@@ -13,7 +13,8 @@ import onnx
 import pytest
 
 from ember.engines.base import TokenBatch
-from ember.engines.onnx import OnnxEngine, available_cores
+from ember.engines.cores import available_cores
+from ember.engines.onnx import OnnxEngine
 from ember.engines.onnx_graphs.bert import build_bert_graph
 from ember.errors import EngineFailure
 from tests.engines.test_bert_graph import tiny_config, tiny_weights

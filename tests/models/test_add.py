@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models
 
 from ember.cli import main
 from ember.engines.base import TokenBatch
-from ember.engines.onnx import available_cores
+from ember.engines.cores import available_cores
 from ember.engines.onnx_graphs.bert import build_bert_graph
 from ember.errors import InvalidModelSettings
 from ember.models.gguf_header import read_gguf_metadata

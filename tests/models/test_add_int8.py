@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from ember.cli import main
-from ember.engines.onnx import available_cores
+from ember.engines.cores import available_cores
 from ember.models.loader import load_model
 from ember.models.settings import read_settings
 from ember.settings import ServerSettings

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ember.engines.onnx import available_cores
+from ember.engines.cores import available_cores
 from ember.models.loader import weight_copies
 from ember.models.settings import ModelSettings
 

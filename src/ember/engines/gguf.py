@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ember.engines.base import TokenBatch, TokenIds, Vectors
-from ember.engines.onnx import available_cores
+from ember.engines.cores import available_cores
 from ember.errors import EngineFailure, ModelLoadFailed, RuntimeMissing
 from ember.pooling import Pooling, normalize
 from ember.special_tokens import SpecialTokens

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ember.engines.base import TokenBatch, TokenIds, Vectors
+from ember.engines.cores import available_cores
 from ember.errors import EngineFailure, ModelLoadFailed
 from ember.pooling import GraphOutputFinish, Pooling
 
@@ -22,14 +22,6 @@ POOLED_OUTPUT = "sentence_embedding"
 # The default split of cores into lanes (see OnnxEngine): one thread per lane, as whole
 # batches side by side need no barrier between cores after every operator.
 THREADS_PER_LANE = 1
-
-
-def available_cores() -> int:
-    """Cores this process may run on (affinity and cgroup pinning included)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class OnnxEngine:

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 
 from ember.engines.base import TokenBatch, Vectors
-from ember.engines.onnx import POOLED_OUTPUT, available_cores, first_line, graph_feeds
+from ember.engines.cores import available_cores
+from ember.engines.onnx import POOLED_OUTPUT, first_line, graph_feeds
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
 from ember.errors import EngineFailure, ModelLoadFailed, RuntimeMissing
 from ember.pooling import GraphOutputFinish, Pooling

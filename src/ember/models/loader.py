@@ -86,7 +86,8 @@ def weight_copies(settings: ModelSettings) -> int:
     opens a second session for them when work piles up (see OnnxEngine)."""
     if settings.engine != "onnx" or settings.runtime != "onnxruntime":
         return 1
-    from ember.engines.onnx import available_cores, lane_count
+    from ember.engines.cores import available_cores
+    from ember.engines.onnx import lane_count
 
     lanes = lane_count(available_cores(), settings.lanes, gpu_layers=settings.ngl)
     return 2 if lanes > 1 else 1
