@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.requests import Request
@@ -22,6 +23,8 @@ from ember.models.registry import RegisteredModel
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class ClientGone(Exception):
     """The client disconnected before its vectors were ready."""
@@ -32,26 +35,51 @@ class Fingerprints:
     """Each loaded model's cache fingerprint, computed once per load (it hashes the weights).
 
     The model is referenced weakly: held here, a model unloaded by keep_alive or the memory
-    budget kept its engine (its sessions' memory) until it was loaded again.
+    budget kept its engine (its sessions' memory) until it was loaded again. Requests that
+    ask while it is being computed share that computation (each hashed the weights itself:
+    after a load, every request in flight did), which a request that times out leaves to
+    finish for the next.
     """
 
-    _known: dict[str, tuple[weakref.ref[LoadedModel], bytes | None]] = field(default_factory=dict)
+    _known: dict[str, tuple[weakref.ref[LoadedModel], asyncio.Future[bytes | None]]] = field(
+        default_factory=dict
+    )
 
     async def of(self, model: LoadedModel) -> bytes | None:
         """None when the weights cannot be read (removed or replaced since the model loaded):
         the loaded model still serves, uncached, until it is loaded again."""
         known = self._known.get(model.settings.id)
-        if known is not None and known[0]() is model:
-            return known[1]
-        settings_json = model.settings.model_dump_json()
-        try:
-            weights = graph_files(model.folder / model.settings.model_file)
-            fingerprint = await asyncio.to_thread(model_fingerprint, weights, settings_json)
-        except OSError as exc:
-            log.warning("serving %s uncached: cannot read its weights (%s)", model.settings.id, exc)
-            fingerprint = None
-        self._known[model.settings.id] = (weakref.ref(model), fingerprint)
-        return fingerprint
+        if known is None or known[0]() is not model or _failed(known[1]):
+            computation = asyncio.ensure_future(_fingerprint(model))
+            computation.add_done_callback(_failed)  # read, so an error is not logged as lost
+            known = (weakref.ref(model), computation)
+            self._known[model.settings.id] = known
+        return await asyncio.shield(known[1])
+
+
+def _failed(computation: asyncio.Future[bytes | None]) -> bool:
+    """Whether it ended without a fingerprint or None (cancelled, or an error not OSError's):
+    it is computed again instead of failing every later request the same way."""
+    return computation.done() and (computation.cancelled() or computation.exception() is not None)
+
+
+async def _fingerprint(model: LoadedModel) -> bytes | None:
+    settings_json = model.settings.model_dump_json()
+    try:
+        weights = graph_files(model.folder / model.settings.model_file)
+        return await asyncio.to_thread(model_fingerprint, weights, settings_json)
+    except OSError as exc:
+        log.warning("serving %s uncached: cannot read its weights (%s)", model.settings.id, exc)
+        return None
+
+
+async def before(deadline: float, state: AppState, step: Awaitable[T]) -> T:
+    """`step`'s result, or RequestTimedOut at `deadline` (event-loop time)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await step
+    except TimeoutError:
+        raise _timed_out(state) from None
 
 
 async def loaded_by(state: AppState, entry: RegisteredModel, deadline: float) -> LoadedModel:
@@ -80,11 +108,13 @@ async def compute_vectors(
     """The vectors of `sequences` in order, and how many came from the cache; RequestTimedOut
     at `deadline` (event-loop time)."""
     cache = state.cache
-    fingerprint = None if cache is None else await state.fingerprints.of(model)
+    fingerprint = (
+        None if cache is None else await before(deadline, state, state.fingerprints.of(model))
+    )
     if cache is None or fingerprint is None:
         return await _scheduled(request, state, model, sequences, deadline), 0
     keys = EmbeddingCache.keys(fingerprint, sequences)
-    found = await asyncio.to_thread(cache.lookup, keys)
+    found = await before(deadline, state, asyncio.to_thread(cache.lookup, keys))
     missing = [position for position, vector in enumerate(found) if vector is None]
     hits = len(sequences) - len(missing)
     state.metrics.cache.labels(result="hit").inc(hits)

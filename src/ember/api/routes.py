@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.api.auth import require_api_key
-from ember.api.compute import ClientGone, compute_vectors, loaded_by
+from ember.api.compute import ClientGone, before, compute_vectors, loaded_by
 from ember.api.content_coding import codings, decode
 from ember.api.encoding import embeddings_body
 from ember.api.errors import validation_message
@@ -91,14 +91,18 @@ async def create_embeddings(request: Request) -> Response:
             _check_dimensions(
                 body.dimensions, settings.dimensions, settings.matryoshka_dimensions, settings.id
             )
-        prepared = await prepare_inputs(
-            body.input,
-            model,
-            state.settings,
-            truncate=body.truncate,
-            input_type=body.input_type,
-            cl100k=state.cl100k,
-            token_ids=settings.token_ids or state.settings.token_ids,
+        prepared = await before(
+            deadline,
+            state,
+            prepare_inputs(
+                body.input,
+                model,
+                state.settings,
+                truncate=body.truncate,
+                input_type=body.input_type,
+                cl100k=state.cl100k,
+                token_ids=settings.token_ids or state.settings.token_ids,
+            ),
         )
 
         request.state.access = {
