@@ -158,6 +158,26 @@ def test_requests_to_two_models_with_room_for_one_load_each_model_once(tmp_path:
     assert loads == {"first": 1, "second": 1}
 
 
+def test_a_weights_file_gone_while_its_memory_is_estimated_is_no_internal_error(
+    tmp_path: Path,
+) -> None:
+    """The estimate listed the model's table files, then read their sizes: one gone between
+    the two (its folder removed as a request came, here a link whose target is gone, as in a
+    Hugging Face cache whose blobs were deleted) raised FileNotFoundError, a 500."""
+    models_dir = tmp_path / "models"
+    for model_id in ("resident", "linked"):
+        folder = write_fake_model(models_dir, model_id, model_file="weights.bin")
+        (folder / "weights.bin").write_bytes(b"\0" * 2**20)
+    (folder / "weights.bin.0123456789abcdef.data").symlink_to(tmp_path / "deleted-blob")
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, max_loaded_memory_mb=2)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        embed(client, "resident")  # so that loading "linked" weighs what is loaded against it
+        embed(client, "linked")  # the fake engine reads no table: it loads
+        cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+    assert cards["linked"]["memory_bytes"] == 2**20
+    assert cards["resident"]["memory_bytes"] == 2**20
+
+
 def wait_until_unloaded(client: httpx.Client, model: str) -> None:
     deadline = time.monotonic() + 10
     while loaded(client)[model] and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 from ember.errors import (
     EmberError,
@@ -56,13 +57,13 @@ class RegisteredModel:
     def memory_estimate(self) -> int:
         """Bytes the loaded model may hold: its weights file, as runtimes map it, once per
         copy its engine may keep (see weight_copies), and its lookup tables once (mapped
-        from their file, shared by the copies)."""
+        from their file, shared by the copies). A file gone counts 0: listed, then gone before
+        its size was read (its folder removed meanwhile), it raised, and the request a 500."""
         if self.settings is None:
             return 0
         weights = self.folder / self.settings.model_file
-        size = weights.stat().st_size if weights.is_file() else 0
-        tables = sum(path.stat().st_size for path in table_files(weights))
-        return size * weight_copies(self.settings) + tables
+        tables = sum(_file_size(path) for path in table_files(weights))
+        return _file_size(weights) * weight_copies(self.settings) + tables
 
     @functools.cached_property
     def _settings_path(self) -> str:
@@ -329,6 +330,15 @@ def path_identity(path: str | Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+
+
+def _file_size(path: Path) -> int:
+    """The size of the file at `path`; 0 for none (gone, a broken link, a folder)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return 0
+    return status.st_size if S_ISREG(status.st_mode) else 0
 
 
 def _clash(name: str, kept: RegisteredModel, other: RegisteredModel) -> str:
