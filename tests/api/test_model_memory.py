@@ -216,6 +216,43 @@ def test_a_model_unloaded_by_keep_alive_frees_its_engine(
         embed(client, "brief")  # and loads again on demand
 
 
+def test_work_dropped_while_queued_leaves_no_hold_on_the_engine(tmp_path: Path) -> None:
+    """A request that timed out (or whose client left) while queued behind a running batch
+    left its worker holding the engine once the pool emptied: only a lane taking the last
+    batch let go of it. The model unloaded by keep_alive then kept its memory and its lanes
+    (a soak ended with both MiniLM models unloaded and both still mapped, 4 lanes waiting)."""
+    models_dir = tmp_path / "models"
+    folder = write_fake_model(
+        models_dir, "slow", keep_alive=0.2, model_file="weights.bin", fake={"delay_seconds": 0.6}
+    )
+    (folder / "weights.bin").write_bytes(b"\0" * 1024)
+    registry = ModelRegistry(models_dir)
+    settings = ServerSettings(
+        home=tmp_path, models_dir=models_dir, idle_check_seconds=0.05, request_timeout=0.4
+    )
+    with (
+        serve_in_thread(settings, registry) as running,
+        httpx.Client(base_url=running.base_url, timeout=30) as client,
+        ThreadPoolExecutor() as pool,
+    ):
+        payload = {"model": "slow", "input": "hello"}
+        running_batch = pool.submit(client.post, "/v1/embeddings", json=payload)
+        time.sleep(0.2)  # the model is loaded and its one lane busy: the next request queues
+        queued = pool.submit(client.post, "/v1/embeddings", json={**payload, "input": "world"})
+        assert running_batch.result().status_code == 503  # both time out
+        assert queued.result().status_code == 503
+        model = registry.find("slow").loaded
+        assert model is not None
+        engine = weakref.ref(model.engine)
+        del model
+        wait_until_unloaded(client, "slow")
+        deadline = time.monotonic() + 5
+        while engine() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+        assert engine() is None
+
+
 def test_an_unloaded_model_is_freed_off_the_thread_that_unloads_it(tmp_path: Path) -> None:
     """Freeing a model's runtime sessions took 13-40 ms on the event loop (keep_alive and the
     memory budget unload from there), stalling every request meanwhile."""

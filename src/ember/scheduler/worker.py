@@ -233,9 +233,16 @@ class ModelWorker:
     def _wake_lanes_for_pending_work(self) -> None:
         """Under the lock, after a batch: wake the waiting lanes if work is pending. They wait
         for pending work only, so waking them for none just makes them contend for the GIL with
-        the thread serving the next request (0.1 ms of a lone query's round trip)."""
+        the thread serving the next request (0.1 ms of a lone query's round trip).
+
+        With none pending, the engine is let go: work dropped while queued (its request timed
+        out, its client left) empties the pool without a lane taking its last batch, which was
+        the only other place that let go of it, and the engine, unloaded, stayed in memory
+        with its lanes until the model's next request."""
         if self._pool:
             self._ready.notify_all()
+        elif not self._recovering:
+            self._engine = None
 
     async def close(self) -> None:
         with self._ready:
