@@ -6,34 +6,19 @@ failures are the ones ONNX Runtime and the tokenizers library really raise.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ember.models.graph_files import graph_files
 from ember.settings import ServerSettings
 from tests.reliability.expect import assert_error
-from tests.support.models import write_fake_model
+from tests.support.models import copy_real_model, write_fake_model
 from tests.support.server import RunningServer, serve_in_thread
 
 REAL = "all-MiniLM-L6-v2"
-
-
-def copy_real_model(source: Path, target: Path, model_id: str) -> Path:
-    """The files serving needs, under a new id; the weights are linked, not copied."""
-    target.mkdir(parents=True)
-    settings = json.loads((source / "model.json").read_text(encoding="utf-8"))
-    settings.update(id=model_id, aliases=[])
-    (target / "model.json").write_text(json.dumps(settings), encoding="utf-8")
-    shutil.copyfile(source / "tokenizer.json", target / "tokenizer.json")
-    for weights in graph_files(source / "model.onnx"):  # the graph and its mapped tables
-        os.symlink(weights, target / weights.name)
-    return target
 
 
 def truncate_weights(folder: Path, keep: Callable[[int], int]) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from ember.atomic_write import write_json_atomically
+from ember.models.graph_files import graph_files
 from ember.models.manage import pull_and_register
 
 WORDS = [
@@ -76,3 +78,16 @@ def write_fake_model(models_dir: Path, model_id: str, **settings: Any) -> Path:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def copy_real_model(source: Path, target: Path, model_id: str, **settings: Any) -> Path:
+    """The files serving needs, under a new id (and with `settings` changed); the weights are
+    linked, not copied."""
+    target.mkdir(parents=True)
+    written = json.loads((source / "model.json").read_text(encoding="utf-8"))
+    written.update(id=model_id, aliases=[], **settings)
+    (target / "model.json").write_text(json.dumps(written), encoding="utf-8")
+    shutil.copyfile(source / "tokenizer.json", target / "tokenizer.json")
+    for weights in graph_files(source / "model.onnx"):  # the graph and its mapped tables
+        os.symlink(weights, target / weights.name)
+    return target

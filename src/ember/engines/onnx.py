@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 from collections.abc import Collection, Mapping
@@ -13,6 +12,7 @@ import numpy as np
 
 from ember.engines.base import TokenBatch, TokenIds, Vectors
 from ember.engines.cores import available_cores
+from ember.engines.heap import return_freed_memory
 from ember.errors import EngineFailure, ModelLoadFailed
 from ember.pooling import GraphOutputFinish, Pooling
 
@@ -204,19 +204,8 @@ def _open_session(model_path: Path, threads: int, gpu_layers: int, *, quiet: boo
         # ORT quotes the full path; name the file only, never where the data folder is.
         reason = first_line(exc).replace(str(model_path), model_path.name)
         raise ModelLoadFailed(f"cannot load {model_path.name}: {reason}") from exc
-    _return_freed_memory()
+    return_freed_memory()  # the file parsed at load stays in this thread's arena
     return session
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc): loading a model parses its whole
-    file and frees it, and glibc keeps most of that in the loading thread's arena. On MiniLM
-    a second session left the process 80 MB larger without this, 0 with it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to do
-        return
-    libc.malloc_trim(0)
 
 
 def graph_feeds(

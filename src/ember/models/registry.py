@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
 
+from ember.engines.heap import return_freed_memory
 from ember.errors import (
     EmberError,
     InvalidModelSettings,
@@ -258,8 +259,13 @@ class ModelRegistry:
             return False
         held = [entry.loaded]  # the only reference this frame keeps, cleared on the thread
         entry.loaded = None
+
+        def free() -> None:
+            held.clear()
+            return_freed_memory()
+
         # Not a daemon: a session freed while the interpreter exits can abort the process.
-        threading.Thread(target=held.clear, name=f"unload-{entry.model_id}").start()
+        threading.Thread(target=free, name=f"unload-{entry.model_id}").start()
         log.info("unloaded %s", entry.model_id)
         return True
 
