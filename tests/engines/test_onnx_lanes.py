@@ -130,3 +130,27 @@ def test_calls_after_close_raise_engine_failure_and_closing_twice_is_harmless(
             with pytest.raises(EngineFailure, match="closed"):
                 closed.embed(TokenBatch([np.arange(1, 6, dtype=np.int64)]), alone=alone)
         assert closed._lane_session._opening is None
+
+
+def test_a_model_file_replaced_after_the_load_opens_no_lane_session_from_it(
+    graph_file: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(graph_file.read_bytes())
+    other = tmp_path / "other.onnx"
+    graph = build_bert_graph(tiny_config(), tiny_weights(seed=1), pooling="mean", normalize=True)
+    onnx.save(graph, other)
+    rng = np.random.default_rng(6)
+    batch = TokenBatch([rng.integers(1, 100, size=length).astype(np.int64) for length in (5, 3)])
+    lanes = engine(path, threads=4, lanes=2)
+    alone = lanes.embed(batch, alone=True)
+    other.replace(path)  # another model under the same name, as a folder replaced under an id
+    lanes.embed(batch)  # beside others: the lane session would open now, from the new file
+    opening = lanes._lane_session._opening
+    assert opening is not None
+    opening.join(timeout=30)
+    assert not lanes._lane_session.is_open
+    np.testing.assert_allclose(lanes.embed(batch), alone, atol=1e-6)  # still the loaded model
+    different = engine(path, lanes=1).embed(batch, alone=True)
+    assert not np.allclose(different, alone, atol=1e-3)
+    lanes.close()

@@ -62,9 +62,10 @@ class OnnxEngine:
     ) -> None:
         cores = threads or available_cores()
         self._lanes = lane_count(cores, lanes, threads_per_lane, gpu_layers)
+        loaded_file = file_identity(model_path)  # before the load: a change after it shows
         self._session = _open_session(model_path, cores, gpu_layers, quiet=quiet)
         self._lane_session = _LaneSession(
-            model_path, max(1, cores // self._lanes), gpu_layers, quiet=quiet
+            model_path, max(1, cores // self._lanes), gpu_layers, quiet=quiet, file=loaded_file
         )
         self._input_names = {graph_input.name for graph_input in self._session.get_inputs()}
         outputs = self._session.get_outputs()
@@ -129,8 +130,17 @@ class _LaneSession:
     first of them comes; until it is open (or if it cannot be), calls take turns on the
     all-cores session instead: running beside each other there would oversubscribe it."""
 
-    def __init__(self, model_path: Path, threads: int, gpu_layers: int, *, quiet: bool) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        threads: int,
+        gpu_layers: int,
+        *,
+        quiet: bool,
+        file: FileIdentity | None,
+    ) -> None:
         self._open_args = (model_path, threads, gpu_layers)
+        self._file = file
         self._quiet = quiet
         self._session: Any = None
         self._opening: threading.Thread | None = None
@@ -161,6 +171,12 @@ class _LaneSession:
                 self._opening.start()
 
     def _open(self) -> None:
+        model_path = self._open_args[0]
+        if self._file is None or file_identity(model_path) != self._file:
+            # Opened later from the file, the session could run another model (a folder
+            # replaced under the same id) beside the loaded one, or fail half-way.
+            log.warning("%s changed since it was loaded: lanes take turns", model_path.name)
+            return
         try:
             self._session = _open_session(*self._open_args, quiet=self._quiet)
         except Exception as exc:  # lanes keep taking turns on the all-cores session
@@ -172,6 +188,20 @@ class _LaneSession:
         if self._opening is not None:
             self._opening.join()
         self._session = None
+
+
+# A file as the file system knows it: device, inode, size, modification time.
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """Which file `path` is now (None if it cannot be read): a file replaced, renamed over or
+    rewritten differs."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def session_options(threads: int, *, quiet: bool = False) -> Any:
