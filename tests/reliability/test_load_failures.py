@@ -3,6 +3,7 @@ OpenAI error, the server stays healthy, and the model loads once repaired."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from ember.models.loader import LoadedModel, load_model
 from ember.models.registry import ModelRegistry
 from ember.models.settings import ModelSettings
 from ember.settings import ServerSettings
-from tests.reliability.expect import assert_error
+from tests.reliability.expect import assert_error, metric
 from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
 
@@ -138,3 +139,37 @@ def test_the_request_timeout_covers_a_slow_load_which_finishes_for_the_next_requ
         assert http.post("/v1/embeddings", json={"model": "slow", "input": "hi"}).status_code == 200
         assert loads.attempts == 1
         assert http.get("/health").status_code == 200
+
+
+def test_a_client_that_leaves_while_its_model_loads_is_let_go_and_the_load_finishes(
+    tmp_path: Path,
+) -> None:
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "slow")
+    loads = GatedLoads()
+    registry = ModelRegistry(models_dir, loads)
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir)
+    gone = 'ember_requests_total{route="/v1/embeddings",status="499"}'
+    with serve_in_thread(settings, registry) as server:
+        body = b'{"model": "slow", "input": "hello"}'
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            deadline = time.monotonic() + 10
+            while loads.attempts == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # Before, the handler waited for the load (here, until released) to notice.
+        deadline = time.monotonic() + 10
+        while metric(server.base_url, gone) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(server.base_url, gone) == 1
+        assert registry.find("slow").loaded is None  # the load is still held
+        loads.release.set()
+        with httpx.Client(base_url=server.base_url, timeout=30) as http:
+            response = http.post("/v1/embeddings", json={"model": "slow", "input": "hi"})
+        assert response.status_code == 200
+        assert loads.attempts == 1  # the load the leaver started served the next request

@@ -82,18 +82,22 @@ async def before(deadline: float, state: AppState, step: Awaitable[T]) -> T:
         raise _timed_out(state) from None
 
 
-async def loaded_by(state: AppState, entry: RegisteredModel, deadline: float) -> LoadedModel:
-    """`entry` loaded, or RequestTimedOut at `deadline` (event-loop time).
+async def loaded_by(
+    request: Request, state: AppState, entry: RegisteredModel, deadline: float
+) -> LoadedModel:
+    """`entry` loaded; RequestTimedOut at `deadline` (event-loop time), ClientGone if the
+    client disconnects while it loads.
 
-    The load runs shielded: a request that gives up leaves it to finish for the next one
-    (a load slower than the timeout, cancelled each time, would never finish). Its outcome
-    is read even when nobody waits for it any more, so an error is not logged as lost.
+    A load runs shielded: a request that gives up leaves it to finish for the next one (a
+    load slower than the timeout, cancelled each time, would never finish). Its outcome is
+    read even when nobody waits for it any more, so an error is not logged as lost.
     """
+    if entry.loaded is not None:  # nothing to wait for: no task, no watcher
+        return await state.registry.load(entry)
     load = asyncio.ensure_future(state.registry.load(entry))
     load.add_done_callback(lambda done: done.cancelled() or done.exception())
     try:
-        async with asyncio.timeout_at(deadline):
-            return await asyncio.shield(load)
+        return await _until_done_or_gone(request, asyncio.shield(load), deadline)
     except TimeoutError:
         raise _timed_out(state) from None
 
@@ -171,14 +175,12 @@ def _timed_out(state: AppState) -> RequestTimedOut:
     return RequestTimedOut(f"The request did not finish within {timeout:g} s and was dropped.")
 
 
-async def _until_done_or_gone(
-    request: Request, vectors: asyncio.Future[Vectors], deadline: float
-) -> Vectors:
-    """Await the vectors; give up (and drop the queued work) on disconnect or timeout.
+async def _until_done_or_gone(request: Request, outcome: asyncio.Future[T], deadline: float) -> T:
+    """Await `outcome` (vectors, or a shielded load); give up on disconnect (ClientGone) or at
+    `deadline` (TimeoutError), cancelling it: queued work is dropped, a shielded load goes on.
 
-    The vectors are awaited in the request's own task; a watcher cancels that task if the
-    client disconnects (one task per request, not two and an asyncio.wait). Cancelling the
-    await cancels the future, which drops the request's queued work.
+    It is awaited in the request's own task; a watcher cancels that task if the client
+    disconnects (one task per request, not two and an asyncio.wait).
     """
     handler = asyncio.current_task()
     assert handler is not None
@@ -186,7 +188,7 @@ async def _until_done_or_gone(
     watcher = asyncio.create_task(_cancel_when_gone(request, handler, gone))
     try:
         async with asyncio.timeout_at(deadline):
-            return await vectors
+            return await outcome
     except asyncio.CancelledError:
         if not gone.is_set():
             raise  # the server cancelled the request (shutdown): its queued work is dropped

@@ -85,7 +85,10 @@ async def create_embeddings(request: Request) -> Response:
         raise ModelNotEmbedding("Model does not support embeddings", entry.model_id)
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
     with state.registry.in_use(entry):
-        model = await loaded_by(state, entry, deadline)
+        try:
+            model = await loaded_by(request, state, entry, deadline)
+        except ClientGone:
+            return Response(status_code=499)  # left while the model loaded; the load goes on
         settings = model.settings
         if body.dimensions is not None:
             _check_dimensions(
