@@ -7,7 +7,6 @@ so in a marker file, so the signal never races the work it should interrupt.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gguf_files import convert_folder, write_jan_model, write_tiny_bert_folder
+from tests.support.process import run_ember
 
 # Runs the CLI with one function wrapped so that its Nth call pauses, after writing a marker.
 PAUSED_CLI = """
@@ -55,16 +55,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in os.environ if name.startswith("EMBER_")]:
-        monkeypatch.delenv(name)
-
-
-def ember(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ember", *args], capture_output=True, text=True, timeout=120
-    )
+pytestmark = pytest.mark.usefixtures("no_ember_environment")
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[str, str]:
@@ -133,7 +124,7 @@ def test_ctrl_c_while_quantising_leaves_nothing(sources: Path, tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         assert_clean_interruption(process, models_dir)
     assert list(models_dir.iterdir()) == []
-    listed = ember("models", "list", "--models-dir", str(models_dir))
+    listed = run_ember("models", "list", "--models-dir", str(models_dir))
     assert listed.stdout.startswith("No models registered"), listed.stdout + listed.stderr
 
 
@@ -170,7 +161,7 @@ def test_ctrl_c_in_a_jan_data_folder_keeps_the_models_already_added(
     process.send_signal(signal.SIGINT)
     assert_clean_interruption(process, models_dir)
     assert [path.name for path in models_dir.iterdir()] == ["first-embedder"]
-    shown = ember("models", "show", "first-embedder", "--models-dir", str(models_dir))
+    shown = run_ember("models", "show", "first-embedder", "--models-dir", str(models_dir))
     assert shown.returncode == 0, shown.stderr
     assert "model.gguf" in shown.stdout
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from tests.support.gguf_files import convert_folder, write_tiny_bert_folder
 from tests.support.models import write_fake_model
+from tests.support.process import run_ember
 
 # `ember models rm`, paused (after writing a marker) when it starts deleting files.
 PAUSED_RM = """
@@ -32,16 +32,7 @@ main()
 """
 
 
-@pytest.fixture(autouse=True)
-def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in os.environ if name.startswith("EMBER_")]:
-        monkeypatch.delenv(name)
-
-
-def ember(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ember", *args], capture_output=True, text=True, timeout=120
-    )
+pytestmark = pytest.mark.usefixtures("no_ember_environment")
 
 
 def test_an_rm_killed_while_deleting_leaves_no_half_model(tmp_path: Path) -> None:
@@ -65,22 +56,22 @@ def test_an_rm_killed_while_deleting_leaves_no_half_model(tmp_path: Path) -> Non
         if process.poll() is None:
             process.kill()
             process.wait()
-    listed = ember("models", "list", "--models-dir", str(models_dir))
+    listed = run_ember("models", "list", "--models-dir", str(models_dir))
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["kept"]
     # What it left is hidden, and the next add sweeps it.
     gguf = convert_folder(
         write_tiny_bert_folder(tmp_path / "tiny-bert", seed=19).path, tmp_path / "tiny.gguf"
     )
-    assert ember("models", "add", str(gguf), "--models-dir", str(models_dir)).returncode == 0
+    assert run_ember("models", "add", str(gguf), "--models-dir", str(models_dir)).returncode == 0
     assert sorted(path.name for path in models_dir.iterdir()) == ["kept", "tiny"]
 
 
 def test_removing_twice_says_the_model_is_gone(tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     write_fake_model(models_dir, "once")
-    first = ember("models", "rm", "once", "--models-dir", str(models_dir))
+    first = run_ember("models", "rm", "once", "--models-dir", str(models_dir))
     assert (first.returncode, first.stdout) == (0, "removed once\n")
-    second = ember("models", "rm", "once", "--models-dir", str(models_dir))
+    second = run_ember("models", "rm", "once", "--models-dir", str(models_dir))
     assert second.returncode == 1
     assert second.stderr.startswith("Error: The model 'once' does not exist.")
     assert list(models_dir.iterdir()) == []

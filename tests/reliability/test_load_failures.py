@@ -112,14 +112,19 @@ class GatedLoads:
         return load_model(folder, settings, reloading=reloading)
 
 
-def test_the_request_timeout_covers_a_slow_load_which_finishes_for_the_next_request(
-    tmp_path: Path,
-) -> None:
+def gated_model(tmp_path: Path) -> tuple[GatedLoads, ModelRegistry]:
+    """A registry of one fake model, "slow", whose load waits for `release`."""
     models_dir = tmp_path / "models"
     write_fake_model(models_dir, "slow")
     loads = GatedLoads()
-    registry = ModelRegistry(models_dir, loads)
-    settings = ServerSettings(home=tmp_path, models_dir=models_dir, request_timeout=0.5)
+    return loads, ModelRegistry(models_dir, loads)
+
+
+def test_the_request_timeout_covers_a_slow_load_which_finishes_for_the_next_request(
+    tmp_path: Path,
+) -> None:
+    loads, registry = gated_model(tmp_path)
+    settings = ServerSettings(home=tmp_path, models_dir=registry.models_dir, request_timeout=0.5)
     with (
         serve_in_thread(settings, registry) as server,
         httpx.Client(base_url=server.base_url, timeout=30) as http,
@@ -144,11 +149,8 @@ def test_the_request_timeout_covers_a_slow_load_which_finishes_for_the_next_requ
 def test_a_client_that_leaves_while_its_model_loads_is_let_go_and_the_load_finishes(
     tmp_path: Path,
 ) -> None:
-    models_dir = tmp_path / "models"
-    write_fake_model(models_dir, "slow")
-    loads = GatedLoads()
-    registry = ModelRegistry(models_dir, loads)
-    settings = ServerSettings(home=tmp_path, models_dir=models_dir)
+    loads, registry = gated_model(tmp_path)
+    settings = ServerSettings(home=tmp_path, models_dir=registry.models_dir)
     gone = 'ember_requests_total{route="/v1/embeddings",status="499"}'
     with serve_in_thread(settings, registry) as server:
         body = b'{"model": "slow", "input": "hello"}'

@@ -51,3 +51,10 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes], log: Pat
             pass
         time.sleep(0.1)
     raise AssertionError(f"server did not become healthy: {log.read_text(errors='replace')}")
+
+
+def run_ember(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m ember ARGS` to its end, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ember", *args], capture_output=True, text=True, timeout=120
+    )
