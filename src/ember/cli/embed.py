@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Literal
 
 import click
@@ -31,6 +29,7 @@ from ember.bulk.formats import (
     output_format_for,
 )
 from ember.bulk.runner import BulkJob, EmbedOptions, Summary, run_job
+from ember.cli.interrupts import Interrupted, interruptible
 from ember.cli.options import home_options, settings_from, warnings_to_terminal
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.loader import LoadedModel, load_model
@@ -153,7 +152,7 @@ def embed(
         def load() -> LoadedModel:
             return load_model(entry.folder, settings)
 
-        with stop_signals_interrupt(), RichProgress(console) as progress:
+        with interruptible(), RichProgress(console) as progress:
             summary = run_job(
                 job,
                 settings,
@@ -169,8 +168,8 @@ def embed(
         saved = read_checkpoint(checkpoint_path(output))
         done = saved.rows_done if saved else 0
         click.echo(f"Interrupted: {done} rows are saved; run the same command to resume.", err=True)
-        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
-        raise SystemExit(128 + signum) from None
+        status = stop.exit_status if isinstance(stop, Interrupted) else 128 + signal.SIGINT
+        raise SystemExit(status) from None
     click.echo(summary_line(summary))
 
 
@@ -210,38 +209,6 @@ def summary_line(summary: Summary) -> str:
         f"{summary.tokens_per_second:,.0f} tokens/s; {summary.truncated:,} truncated, "
         f"{summary.empty:,} empty (no vector)."
     )
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the run is, as Ctrl-C raises KeyboardInterrupt."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop the run as Ctrl-C does, with its line and exit status.
-
-    By default they end the process silently: a service manager or a closed terminal left
-    no word of the rows saved. An ignored SIGHUP (under nohup) stays ignored.
-    """
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(signum)
-
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        number = getattr(signal, name, None)  # Windows has no SIGHUP
-        if number is None or signal.getsignal(number) is signal.SIG_IGN:
-            continue
-        previous[number] = signal.signal(number, stop)
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 class RichProgress:

@@ -10,11 +10,11 @@ from typing import Literal, get_args
 
 import click
 
+from ember.cli.interrupts import Interrupted, interruptible
 from ember.cli.options import home_options, settings_from, warnings_to_terminal
 from ember.errors import EmberError
 from ember.models.catalog import CATALOG
 from ember.models.importers import AddOptions, add_model
-from ember.models.interrupts import Interrupted, interruptible
 from ember.models.manage import pull_and_register, remove_model
 from ember.models.registry import ModelRegistry
 from ember.models.staging import discard_own

@@ -1,7 +1,10 @@
-"""Ctrl-C (and SIGTERM, SIGHUP) during `ember models add|pull`: one exception, raised once.
+"""Ctrl-C, SIGTERM and SIGHUP during a command (`ember models add|pull`, `ember embed`): one
+exception, raised once, that says which signal came, so the command can say what it kept
+and exit as a shell expects (128 + the signal). By default SIGTERM and SIGHUP end the
+process silently, leaving a service's log no word of what was saved.
 
-A second Ctrl-C while the first one's cleanup runs would cut that cleanup short and leave a
-half-removed staging folder, so later signals are ignored until the block ends.
+A second Ctrl-C while the first one's cleanup runs would cut that cleanup short (a
+half-removed staging folder), so later signals are ignored until the block ends.
 """
 
 from __future__ import annotations
