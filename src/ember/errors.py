@@ -8,6 +8,7 @@ The tree (the API maps each leaf to a status and an OpenAI error body in one tab
     │   ├── ContextLengthExceeded   an input has more tokens than the model takes
     │   ├── LimitExceeded           a configured request limit was breached
     │   │   └── PayloadTooLarge     the body is larger than the server accepts
+    │   ├── CodingNotSupported      the body's Content-Encoding is one the server cannot undo
     │   └── DimensionsNotSupported  `dimensions` asked of a model that cannot shorten
     ├── AuthenticationFailed        missing or wrong API key
     ├── HostNotAllowed              the Host header is not one the server answers to
@@ -64,6 +65,15 @@ class LimitExceeded(InvalidRequest):
 
 class PayloadTooLarge(LimitExceeded):
     """The request body is larger than the configured maximum."""
+
+
+class CodingNotSupported(InvalidRequest):
+    """The body's Content-Encoding names a coding the server cannot undo; `accepted` names
+    those it can, so the client can send the body again in one of them."""
+
+    def __init__(self, message: str, accepted: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.accepted = accepted
 
 
 class DimensionsNotSupported(InvalidRequest):

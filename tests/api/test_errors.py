@@ -115,20 +115,24 @@ def test_a_wrong_method_names_the_allowed_ones(
     assert allowed in response.headers.get("allow", "").split(", ")
 
 
-@pytest.mark.parametrize("coding", ["br", "zstd", "gzip, br"])
-def test_a_body_in_a_coding_ember_cannot_decode_is_refused_by_name(
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip, br", "compress"])
+def test_a_body_in_a_coding_ember_cannot_decode_is_a_415_naming_those_it_can(
     http: httpx.Client, coding: str
 ) -> None:
     """Ember decodes gzip and deflate (test_compressed_bodies); any other coding is refused
-    saying so, not as bad JSON."""
+    saying so, not as bad JSON, and as RFC 9110 15.5.16 says: 415 (it was 400, as if the body
+    were wrong), with Accept-Encoding naming what to send instead."""
     response = http.post(
         "/v1/embeddings",
         content=gzip.compress(b'{"model": "all-MiniLM-L6-v2", "input": "x"}'),
         headers={"Content-Type": "application/json", "Content-Encoding": coding},
     )
-    error = assert_error(response, 400, type="invalid_request_error")
+    error = assert_error(
+        response, 415, type="invalid_request_error", code="unsupported_content_encoding"
+    )
     assert "Content-Encoding" in error["message"]
     assert coding in error["message"]
+    assert response.headers["accept-encoding"] == "gzip, deflate"
 
 
 def test_an_identity_content_encoding_is_read_as_is(http: httpx.Client) -> None:

@@ -2,7 +2,9 @@
 
 OpenAI's API takes compressed request bodies, and clients that batch many texts through
 gateways compress them; Ember refused them all. The limit on the body (EMBER_MAX_BODY_BYTES)
-holds for the decoded bytes too, so a small bomb cannot expand past it.
+holds for the decoded bytes too, so a small bomb cannot expand past it. A coding Ember cannot
+undo (br, zstd) is refused as RFC 9110 15.5.16 says, 415 naming those it can, not as a bad
+request: the body may be fine, only its packing is not understood.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 
-from ember.errors import InvalidRequest, PayloadTooLarge
+from ember.errors import CodingNotSupported, InvalidRequest, PayloadTooLarge
 
 # zlib's wbits for each coding: gzip's header and trailer; "deflate" is the zlib format in
 # HTTP, though some clients send raw deflate, tried when the data is not zlib's.
@@ -18,17 +20,19 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
 DECODED = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": _ZLIB_WBITS}
+ACCEPTED = ("gzip", "deflate")  # as a 415 advertises them: x-gzip is gzip's old alias
 
 
 def codings(header: str) -> list[str]:
     """The codings of a Content-Encoding header in the order they were applied, identity left
-    out; InvalidRequest naming the header when one of them cannot be decoded here."""
+    out; CodingNotSupported naming the header when one of them cannot be decoded here."""
     applied = [part.strip().lower() for part in header.split(",")]
     applied = [coding for coding in applied if coding not in ("", "identity")]
     if any(coding not in DECODED for coding in applied):
-        raise InvalidRequest(
+        raise CodingNotSupported(
             f"The request body has Content-Encoding '{header.strip()}'; Ember reads gzip and "
-            "deflate bodies, or uncompressed ones."
+            "deflate bodies, or uncompressed ones.",
+            accepted=ACCEPTED,
         )
     return applied
 

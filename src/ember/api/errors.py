@@ -31,6 +31,9 @@ ERROR_TABLE: dict[type[errors.EmberError], ErrorKind] = {
     ),
     errors.PayloadTooLarge: ErrorKind(413, "invalid_request_error", "request_too_large"),
     errors.LimitExceeded: ErrorKind(400, "invalid_request_error", "limit_exceeded"),
+    errors.CodingNotSupported: ErrorKind(
+        415, "invalid_request_error", "unsupported_content_encoding"
+    ),
     errors.DimensionsNotSupported: ErrorKind(
         400, "invalid_request_error", "dimensions_not_supported"
     ),
@@ -91,6 +94,8 @@ def response_for(error: errors.EmberError) -> Response:
         headers["Retry-After"] = str(error.retry_after_seconds)
     if isinstance(error, errors.AuthenticationFailed):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, errors.CodingNotSupported):  # what to send instead (RFC 9110 12.5.3)
+        headers["Accept-Encoding"] = ", ".join(error.accepted)
     return error_response(
         kind.status, error.message, kind.type, param=param, code=kind.code, headers=headers
     )

@@ -36,7 +36,8 @@ from ember.models.registry import RegisteredModel
 from ember.pooling import shorten
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 408, 413, 429, 501, 503)
+    status: {"model": ErrorResponse}
+    for status in (400, 401, 403, 404, 408, 413, 415, 429, 501, 503)
 }
 
 EMBEDDINGS_PATH = "/v1/embeddings"
