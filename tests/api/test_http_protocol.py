@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import time
@@ -302,3 +303,26 @@ def test_a_slow_body_that_keeps_coming_is_served(
                 received += chunk
     assert received.startswith(b"HTTP/1.1 200 OK"), received
     assert b'"object":"embedding"' in received
+
+
+def test_options_asterisk_names_the_methods_of_the_server(tmp_path: Path) -> None:
+    """`OPTIONS *` asks about the server, not a path (RFC 9110 9.3.7); uvicorn hands it on as
+    the path `*`, which got a 404 naming `/*`. No key is needed, as for /health. http.client
+    sends the asterisk form as given (httpx would not)."""
+    with serve_in_thread(ServerSettings(home=tmp_path, api_key="k")) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.request("OPTIONS", "*")
+            response = connection.getresponse()
+            body = response.read()
+            connection.request("GET", "/health")  # the connection goes on
+            after = connection.getresponse()
+            after.read()
+        finally:
+            connection.close()
+    assert response.status == 200
+    assert response.getheader("allow") == "GET, HEAD, OPTIONS, POST"
+    assert response.getheader("content-length") == "0"  # RFC 9110 9.3.7
+    assert body == b""
+    assert after.status == 200

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from ember import __version__
@@ -25,6 +26,7 @@ from ember.api.routes import (
     protected,
     public,
 )
+from ember.api.server_options import ServerOptions
 from ember.api.shutdown import CutShortMiddleware
 from ember.api.state import AppState
 from ember.api.token_ids import Cl100k
@@ -83,7 +85,12 @@ def create_app(settings: ServerSettings, registry: ModelRegistry | None = None) 
         endpoint=create_embeddings,
         aliases=EMBEDDINGS_ALIASES,
     )
-    return _around_everything(hot_route, settings, metrics)
+    # The routers' own routes: FastAPI lists an included router as one opaque entry.
+    routes = [*app.routes, *public.routes, *protected.routes]
+    methods = {
+        method for route in routes if isinstance(route, Route) for method in route.methods or ()
+    }
+    return _around_everything(ServerOptions(hot_route, methods), settings, metrics)
 
 
 def _around_everything(app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
