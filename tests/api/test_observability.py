@@ -6,10 +6,12 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from ember.models.manage import remove_model
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import RunningServer, serve_in_thread
@@ -49,6 +51,32 @@ def test_metrics_count_requests_tokens_batches_and_loads(server: RunningServer) 
     assert 'ember_queue_depth{model="tiny"} 0.0' in text
     assert "ember_request_duration_seconds_bucket" in text
     assert httpx.get(f"{server.base_url}/metrics").status_code == 401
+
+
+def test_a_removed_model_leaves_the_metrics_and_an_unloaded_one_stays(tmp_path: Path) -> None:
+    """A model removed (`ember models rm`) kept its series for the server's life, its queue
+    depth at 0; a server whose models come and go grew one set per model id. One merely
+    unloaded (here by keep_alive) may load again: it keeps them."""
+    models_dir = tmp_path / "models"
+    write_fake_model(models_dir, "kept", keep_alive=0)
+    write_fake_model(models_dir, "removed")
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir, idle_check_seconds=0.05)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        for model in ("kept", "removed"):
+            payload = {"model": model, "input": "hello"}
+            assert client.post("/v1/embeddings", json=payload).status_code == 200
+        before = client.get("/metrics").text
+        remove_model(models_dir, "removed")
+        deadline = time.monotonic() + 5
+        while client.get("/v1/models/kept").json()["loaded"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not client.get("/v1/models/kept").json()["loaded"]
+        after = client.get("/metrics").text
+    series = ("ember_inputs_total", "ember_tokens_total", "ember_model_load_seconds")
+    for name in (*series, "ember_queue_depth"):
+        assert f'{name}{{model="removed"}}' in before
+        assert f'{name}{{model="kept"}}' in after
+    assert 'model="removed"' not in after
 
 
 def test_one_access_log_line_per_request(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -67,6 +69,7 @@ class Metrics:
         self._request_counters: dict[tuple[str, int], Any] = {}
         self._latency_histograms: dict[str, Any] = {}
         self._embedded_counters: dict[str, tuple[Any, Any]] = {}
+        self._labelled_models: set[str] = set()  # the models some series is labelled with
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -84,6 +87,7 @@ class Metrics:
         if counters is None:
             counters = self.inputs.labels(model_id), self.tokens.labels(model_id)
             self._embedded_counters[model_id] = counters
+            self._labelled_models.add(model_id)
         counters[0].inc(inputs)
         counters[1].inc(tokens)
 
@@ -93,8 +97,25 @@ class Metrics:
 
     def observe_load(self, model_id: str, seconds: float) -> None:
         self.model_load_seconds.labels(model=model_id).set(seconds)
+        self._labelled_models.add(model_id)
 
-    def render(self, queue_depths: dict[str, int]) -> bytes:
+    def render(self, queue_depths: Mapping[str, int], models: Collection[str]) -> bytes:
+        """The exposition text, with per-model series for `models` (the registry's ids) only.
+
+        A model removed kept every series it had, its queue depth at 0, for the server's life;
+        one merely unloaded keeps them, as it may load again. Dropped here, at every scrape,
+        rather than when the removal is seen: a request that was still running on the removed
+        model counts its inputs after, which would label a series again.
+        """
+        for model_id in self._labelled_models - set(models):
+            for metric in (self.inputs, self.tokens, self.queue_depth, self.model_load_seconds):
+                # A series it never had: older prometheus_client versions raised KeyError.
+                with contextlib.suppress(KeyError):
+                    metric.remove(model_id)
+            self._embedded_counters.pop(model_id, None)
+            self._labelled_models.discard(model_id)
         for model_id, depth in queue_depths.items():
-            self.queue_depth.labels(model=model_id).set(depth)
+            if model_id in models:  # a removed model's worker stays till the scheduler forgets it
+                self.queue_depth.labels(model=model_id).set(depth)
+                self._labelled_models.add(model_id)
         return generate_latest(self.registry)

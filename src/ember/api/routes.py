@@ -142,8 +142,11 @@ async def create_embeddings(request: Request) -> Response:
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus metrics."""
     state = app_state(request)
+    state.registry.rescan()  # a model removed since (`ember models rm`) loses its series
+    models = {entry.model_id for entry in state.registry.models()}
     return PlainTextResponse(
-        state.metrics.render(state.scheduler.queue_depths()), media_type=CONTENT_TYPE_LATEST
+        state.metrics.render(state.scheduler.queue_depths(), models),
+        media_type=CONTENT_TYPE_LATEST,
     )
 
 
