@@ -38,7 +38,9 @@ class Fingerprints:
     budget kept its engine (its sessions' memory) until it was loaded again. Requests that
     ask while it is being computed share that computation (each hashed the weights itself:
     after a load, every request in flight did), which a request that times out leaves to
-    finish for the next.
+    finish for the next. Entries whose model was freed (unloaded or removed) go when another
+    fingerprint is computed: one stayed for every model id ever served, so models added and
+    removed under new ids grew the dict without end.
     """
 
     _known: dict[str, tuple[weakref.ref[LoadedModel], asyncio.Future[bytes | None]]] = field(
@@ -50,11 +52,19 @@ class Fingerprints:
         the loaded model still serves, uncached, until it is loaded again."""
         known = self._known.get(model.settings.id)
         if known is None or known[0]() is not model or _failed(known[1]):
+            self._forget_gone()
             computation = asyncio.ensure_future(_fingerprint(model))
             computation.add_done_callback(_failed)  # read, so an error is not logged as lost
             known = (weakref.ref(model), computation)
             self._known[model.settings.id] = known
         return await asyncio.shield(known[1])
+
+    def _forget_gone(self) -> None:
+        """Drop the entries of models no longer alive. A computation holds its model until it
+        ends, so none is dropped while it runs."""
+        gone = [model_id for model_id, (model, _) in self._known.items() if model() is None]
+        for model_id in gone:
+            del self._known[model_id]
 
 
 def _failed(computation: asyncio.Future[bytes | None]) -> bool:
