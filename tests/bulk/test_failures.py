@@ -60,6 +60,62 @@ def test_a_bad_row_leaves_nothing_that_blocks_the_run_after_the_fix(
     assert "Embedded 4 rows" in fixed.output
 
 
+@pytest.mark.parametrize(
+    ("bad_record", "message"),
+    [
+        ("3\n", "input.csv line 5: 1 field where the header has 2, so no 'text' field"),
+        ("3,cafe, au lait\n", "input.csv line 5: 3 fields where the header has 2"),
+    ],
+    ids=["fewer-fields", "more-fields"],
+)
+def test_a_csv_record_that_does_not_fit_the_header_stops_the_run_naming_its_line(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, bad_record: str, message: str
+) -> None:
+    # It was embedded as an empty text (fewer) or as its second field alone (more), silently.
+    source = tmp_path / "input.csv"
+    head = 'id,text\n1,hello world\n2,"the lazy\ndog"\n'
+    source.write_text(head + bad_record + "4,last line\n")
+    output = tmp_path / "v.jsonl"
+    args = ["embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir", fake_models_dir]
+
+    failed = invoke(*args, "--chunk-rows", "2")
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert f"Error: {message}" in failed.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.csv", "models"]
+
+    source.write_text(head + '3,"cafe, au lait"\n4,last line\n')
+    fixed = invoke(*args, "--chunk-rows", "2")
+    assert fixed.exit_code == 0, fixed.output
+    assert "Embedded 4 rows" in fixed.output
+
+
+def test_a_bad_csv_record_under_restart_also_discards_the_run_it_replaces(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    # --restart drops the old run's partial output before the new input is read: its
+    # checkpoint, kept after the error, would refuse the corrected run without --restart.
+    write_fake_model(fake_models_dir, FAILING_MODEL, fake={"fail_token": JUMPS})
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\nthe fox jumps\n")
+    output = tmp_path / "v.jsonl"
+    common = ["-o", output, "--models-dir", fake_models_dir, "--chunk-rows", "1"]
+    assert invoke("embed", source, "-m", FAILING_MODEL, *common).exit_code == 1
+    assert read_checkpoint(checkpoint_path(output)) is not None  # an unfinished run
+
+    table = tmp_path / "input.csv"
+    table.write_text("id,text\n1,hello\n2\n")
+    failed = invoke("embed", table, "-m", FAKE_MODEL, *common, "--restart")
+    assert failed.exit_code == 1
+    assert "Error: input.csv line 3: 1 field where the header has 2" in failed.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.csv", "input.txt", "models"]
+
+    table.write_text("id,text\n1,hello\n2,world\n")
+    fixed = invoke("embed", table, "-m", FAKE_MODEL, *common)
+    assert fixed.exit_code == 0, fixed.output
+    assert "Embedded 2 rows" in fixed.output
+
+
 def test_an_existing_output_is_kept_unless_the_run_is_told_to_replace_it(
     tmp_path: Path, fake_models_dir: Path, invoke: Invoke
 ) -> None:

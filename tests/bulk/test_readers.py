@@ -116,7 +116,7 @@ def test_jsonl_float_id_nested_too_deeply_to_read_again_names_its_line(tmp_path:
 
 def test_csv_rows_follow_the_header_and_allow_quoted_newlines(tmp_path: Path) -> None:
     path = tmp_path / "input.csv"
-    path.write_text('id,text,other\n1,plain,x\n\n2,"two\nlines, one field",y\n3,,z\n4\n')
+    path.write_text('id,text,other\n1,plain,x\n\n2,"two\nlines, one field",y\n3,,z\n4,last\n')
     reader = open_reader(path, "csv", "text")
     assert reader.has_ids
     assert reader.count() == 4
@@ -124,9 +124,44 @@ def test_csv_rows_follow_the_header_and_allow_quoted_newlines(tmp_path: Path) ->
         ("plain", "1"),
         ("two\nlines, one field", "2"),
         ("", "3"),
-        ("", "4"),
+        ("last", "4"),
     ]
-    assert texts_and_ids(list(reader.rows(skip=3))) == [("", "4")]
+    assert texts_and_ids(list(reader.rows(skip=3))) == [("last", "4")]
+
+
+def test_csv_record_that_ends_before_the_text_field_names_its_line(tmp_path: Path) -> None:
+    # Read as an empty text, such a row was embedded as "no text"; a JSONL record without
+    # the field stops the run, and so does this. Lines count a quoted field's line breaks.
+    path = tmp_path / "input.csv"
+    path.write_text('id,text,other\n1,"two\r\nlines",x\n\n2\n3,fine,y\n')
+    reader = open_reader(path, "csv", "text")
+    message = r"^input\.csv line 5: 1 field where the header has 3, so no 'text' field"
+    with pytest.raises(InputUnreadable, match=message):
+        reader.count()
+    with pytest.raises(InputUnreadable, match=message):
+        list(reader.rows(skip=1))
+
+
+def test_csv_record_with_more_fields_than_the_header_names_its_lines(tmp_path: Path) -> None:
+    # Most likely a comma in an unquoted text: which field is the text is then a guess.
+    path = tmp_path / "input.csv"
+    path.write_text('id,text\n1,"fine\nhere"\n2,"quoted\nbut",then, more\n')
+    reader = open_reader(path, "csv", "text")
+    message = r"^input\.csv lines 4-5: 4 fields where the header has 2 \(a comma in an unquoted"
+    with pytest.raises(InputUnreadable, match=message):
+        reader.count()
+    with pytest.raises(InputUnreadable, match=message):
+        list(reader.rows())
+
+
+def test_csv_record_short_of_fields_after_the_text_keeps_its_text(tmp_path: Path) -> None:
+    # As a JSONL record without an id: the text is there, the id is None.
+    path = tmp_path / "input.csv"
+    path.write_text("text,other,id\nfirst,x,1\nsecond\n")
+    assert texts_and_ids(list(open_reader(path, "csv", "text").rows())) == [
+        ("first", "1"),
+        ("second", None),
+    ]
 
 
 def test_csv_without_the_column_lists_the_header(tmp_path: Path) -> None:

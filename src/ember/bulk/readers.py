@@ -3,7 +3,10 @@
 A row is what gets a row index, and so a place in the output:
 - txt: every line, blank ones included, so output row i is always line i + 1.
 - JSONL: every non-blank line (a blank line is no record).
-- CSV: every record after the header (blank lines are no records, as in `csv.DictReader`).
+- CSV: every record after the header (blank lines are no records, as in `csv.DictReader`);
+  a record that ends before the text field, or has more fields than the header (most
+  likely a comma in an unquoted text), is an error naming its lines, as a JSONL record
+  without the field is.
 - Parquet: every row.
 A row with no text (blank line, empty or null value) keeps its place and gets no vector.
 Each reader counts its rows by the same rule it reads them, so the count is exact.
@@ -160,38 +163,66 @@ class CsvReader:
         # The csv module's default field limit (128 KiB) would reject long documents;
         # the limit is process-wide, which is fine for a command-line run.
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        header = next(self._table(), None)
-        if header is None:
+        first = next(self._table(), None)
+        if first is None:
             raise InputUnreadable(f"{path.name} is empty: a CSV input needs a header row")
+        header = first[2]
         if column not in header:
             raise _no_column(column, dict.fromkeys(header), "the header")
+        self._width = len(header)
         self._text_at = header.index(column)
         self._id_at = header.index("id") if "id" in header else None
         self.has_ids = self._id_at is not None
 
     def count(self) -> int:
+        """Records, each checked as `rows` checks it: a bad one stops a run before its model
+        loads."""
         return sum(1 for _ in self._records())
 
     def rows(self, skip: int = 0) -> Iterator[Row]:
         for record in islice(self._records(), skip, None):
-            text = record[self._text_at] if self._text_at < len(record) else ""
             row_id = None
             if self._id_at is not None and self._id_at < len(record):
-                row_id = record[self._id_at]
-            yield Row(text, row_id)
+                row_id = record[self._id_at]  # a record may end before the id, as JSONL's may
+            yield Row(record[self._text_at], row_id)
 
     def _open(self) -> Any:
         return self.path.open(newline="", encoding="utf-8-sig")
 
     def _records(self) -> Iterator[list[str]]:
-        return (record for record in islice(self._table(), 1, None) if record)
+        """Records after the header, blank lines skipped; InputUnreadable for one that ends
+        before the text field (it would pass for an empty text) or runs past the header
+        (which of its fields is the text would be a guess)."""
+        for first, last, record in islice(self._table(), 1, None):
+            if not record:
+                continue
+            if len(record) > self._width or len(record) <= self._text_at:
+                raise self._misfit(first, last, len(record))
+            yield record
 
-    def _table(self) -> Iterator[list[str]]:
-        """Every record, the header first; bad quoting or bytes are InputUnreadable."""
+    def _misfit(self, first: int, last: int, fields: int) -> InputUnreadable:
+        lines = f"line {first}" if first == last else f"lines {first}-{last}"
+        found = f"{fields} field{'s' if fields != 1 else ''} where the header has {self._width}"
+        if fields > self._width:
+            problem = (
+                " (a comma in an unquoted text? A field holding commas, quotes or line breaks "
+                "goes in double quotes)"
+            )
+        else:
+            problem = f", so no '{self.column}' field"
+        return InputUnreadable(f"{self.path.name} {lines}: {found}{problem}.")
+
+    def _table(self) -> Iterator[tuple[int, int, list[str]]]:
+        """Every record, the header first, with the lines it spans (a quoted field may hold
+        line breaks, so the reader's own count says where it ends); bad quoting or bytes
+        are InputUnreadable."""
         with self._open() as stream:
             reader = csv.reader(stream)
+            last = 0
             try:
-                yield from reader
+                for record in reader:
+                    yield last + 1, reader.line_num, record
+                    last = reader.line_num
             except csv.Error as exc:
                 raise InputUnreadable(f"{self.path.name} line {reader.line_num}: {exc}") from exc
             except UnicodeDecodeError as exc:

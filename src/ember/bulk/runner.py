@@ -178,9 +178,16 @@ def _run_locked(
         )
     if saved is not None:
         check_same_run(saved_at, saved, identity)
+        checkpoint = saved
     else:
         discard_partial(job.output_path)
-    checkpoint = saved or Checkpoint(identity, total_rows=reader.count())
+        try:
+            checkpoint = Checkpoint(identity, total_rows=reader.count())
+        except InputUnreadable:
+            # A bad row found by counting discards the run too: under --restart, the one
+            # being replaced, whose partial output is gone already.
+            remove_checkpoint(saved_at)
+            raise
     spec = OutputSpec(
         job.output_path,
         dimensions,
