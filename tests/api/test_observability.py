@@ -62,7 +62,9 @@ def test_a_removed_model_leaves_the_metrics_and_an_unloaded_one_stays(tmp_path: 
     write_fake_model(models_dir, "removed")
     settings = ServerSettings(home=tmp_path, models_dir=models_dir, idle_check_seconds=0.05)
     with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
-        for model in ("kept", "removed"):
+        # "kept" last: a new model's worker is what lets the scheduler forget one retired,
+        # and kept's, unloaded at once, would lose its queue depth before the first scrape.
+        for model in ("removed", "kept"):
             payload = {"model": model, "input": "hello"}
             assert client.post("/v1/embeddings", json=payload).status_code == 200
         before = client.get("/metrics").text
@@ -75,6 +77,7 @@ def test_a_removed_model_leaves_the_metrics_and_an_unloaded_one_stays(tmp_path: 
     series = ("ember_inputs_total", "ember_tokens_total", "ember_model_load_seconds")
     for name in (*series, "ember_queue_depth"):
         assert f'{name}{{model="removed"}}' in before
+        assert f'{name}{{model="kept"}}' in before
         assert f'{name}{{model="kept"}}' in after
     assert 'model="removed"' not in after
 
