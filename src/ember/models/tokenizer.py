@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import PreTokenizedString, Tokenizer
 
 from ember.engines.base import ModelTokenizer, TokenIds
 from ember.errors import ModelLoadFailed
@@ -58,6 +58,22 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._counting.decode(list(ids), skip_special_tokens=True)
+
+    def word_spans(self, text: str) -> list[tuple[int, int]] | None:
+        """The (start, end) character offsets in `text` of the words its model tokenises one
+        by one, as the normalizer and pre-tokenizer split it: a text cut where one ends
+        tokenises as the whole text does up to there. None without a pre-tokenizer, whose
+        model sees the text as one word."""
+        pre_tokenizer = self._counting.pre_tokenizer
+        if pre_tokenizer is None:
+            return None
+        words = PreTokenizedString(text)
+        normalizer = self._counting.normalizer
+        if normalizer is not None:
+            words.normalize(normalizer.normalize)
+        pre_tokenizer.pre_tokenize(words)
+        splits = words.get_splits(offset_referential="original", offset_type="char")
+        return [(int(start), int(end)) for _, (start, end), _ in splits]
 
 
 # Below this many texts, one by one on the calling thread: encode_batch hands even one text
