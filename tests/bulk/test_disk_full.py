@@ -50,10 +50,9 @@ def test_a_full_disk_keeps_the_checkpoint_resumable(
     failed = invoke(*command(output))
     assert isinstance(failed.exception, SystemExit), failed.exception
     assert failed.exit_code == 1
-    assert (
-        "Error: [Errno 28] No space left on device (20 rows are saved; run the same "
-        + ("command to resume)")
-        in failed.output
+    assert failed.output == (
+        f"Error: cannot write {output}: no space left on the disk (20 rows are saved; run the "
+        "same command to resume)\n"
     )
     saved = read_checkpoint(checkpoint_path(output))
     assert saved is not None
@@ -89,7 +88,7 @@ def test_a_full_disk_while_merging_parquet_parts_resumes_to_the_same_bytes(
     monkeypatch.setattr(writers, "_sync_file", sync_but_not_the_merged_file)
     failed = invoke(*command(output))
     assert failed.exit_code == 1
-    assert "No space left on device (50 rows are saved; run the same command" in failed.output
+    assert "no space left on the disk (50 rows are saved; run the same command" in failed.output
     assert not output.exists()
 
     monkeypatch.setattr(writers, "_sync_file", real_sync)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,3 +189,110 @@ def test_an_engine_answer_without_a_vector_per_row_is_refused_not_written(
         failed.output
     )
     assert not output.exists()
+
+
+@pytest.mark.parametrize("under", ["v.jsonl", "sub/v.jsonl"])
+def test_an_output_under_a_file_is_one_plain_line(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, under: str
+) -> None:
+    # It was Python's "[Errno 17] File exists: '…/notes.txt'" (ENOTDIR deeper down).
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\n")
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder\n")
+    output = blocker / under
+    failed = invoke("embed", source, "-m", FAKE_MODEL, "-o", output,
+                    "--models-dir", fake_models_dir)  # fmt: skip
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert failed.output == f"Error: cannot write {output}: {blocker} is a file, not a folder\n"
+
+
+def test_an_output_name_too_long_for_the_files_beside_it_says_so(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\n")
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    output = tmp_path / ("v" * (longest - len(".jsonl")) + ".jsonl")  # a name that fits
+    failed = invoke("embed", source, "-m", FAKE_MODEL, "-o", output,
+                    "--models-dir", fake_models_dir)  # fmt: skip
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert failed.output == (
+        f"Error: cannot write {output}.ember-lock: the name is too long (files kept beside "
+        "OUTPUT add to its name: shorten it)\n"
+    )
+
+
+@pytest.fixture
+def unprivileged(tmp_path: Path) -> list[str]:
+    """The start of a command running Python as a user whom file permissions stop: as is for
+    a regular user; for root (as tests often run), without the capabilities that let it past
+    them. Skipped where neither works, rather than faking the error."""
+    python = [sys.executable]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root, and no setpriv to drop its file-permission override")
+        python = [setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable]
+    folder = tmp_path / "probe"
+    folder.mkdir(mode=0o500)
+    probe = subprocess.run(
+        [*python, "-c", "import sys; open(sys.argv[1], 'w')", str(folder / "file")],
+        capture_output=True,
+        text=True,
+    )
+    if "PermissionError" not in probe.stderr:
+        pytest.skip(f"file permissions do not stop this user here ({probe.stderr[-200:]!r})")
+    return python
+
+
+@pytest.mark.parametrize("case", ["folder", "new folder", "input"])
+def test_permission_denied_is_one_plain_line_naming_the_path(
+    tmp_path: Path, fake_models_dir: Path, unprivileged: list[str], case: str
+) -> None:
+    # It was Python's "[Errno 13] Permission denied: 'locked/v.jsonl.ember-lock'"; an
+    # unreadable INPUT is refused by click's check of the argument, a usage error.
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\n")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    output = {"folder": locked / "v.jsonl", "new folder": locked / "new" / "v.jsonl"}.get(
+        case, tmp_path / "v.jsonl"
+    )
+    expected = {
+        "folder": (1, f"cannot write {output}.ember-lock: permission denied"),
+        "new folder": (1, f"cannot create the folder {output.parent}: permission denied"),
+        "input": (2, f"Invalid value for 'INPUT': File '{source}' is not readable."),
+    }
+    if case == "input":
+        source.chmod(0o000)
+    run = subprocess.run(
+        [*unprivileged, "-m", "ember", "embed", str(source), "-m", FAKE_MODEL, "-o", str(output),
+         "--models-dir", str(fake_models_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    status, message = expected[case]
+    assert run.returncode == status, run.stderr
+    assert run.stderr.endswith(f"Error: {message}\n"), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_folder_as_input_or_output_is_refused_before_the_run(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke
+) -> None:
+    # click's own check of the arguments says so already, as a usage error (status 2).
+    source = tmp_path / "input.txt"
+    source.write_text("hello world\n")
+    common = ["-m", FAKE_MODEL, "--models-dir", fake_models_dir]
+    from_folder = invoke("embed", tmp_path, "-o", tmp_path / "v.jsonl", *common)
+    assert from_folder.exit_code == 2
+    assert f"Error: Invalid value for 'INPUT': File '{tmp_path}' is a directory." in (
+        from_folder.output
+    )
+    into_folder = invoke("embed", source, "-o", tmp_path, *common)
+    assert into_folder.exit_code == 2
+    assert f"Error: Invalid value for '-o' / '--output': File '{tmp_path}' is a directory." in (
+        into_folder.output
+    )

@@ -31,6 +31,7 @@ from ember.bulk.formats import (
 from ember.bulk.runner import BulkJob, EmbedOptions, Summary, run_job
 from ember.cli.interrupts import Interrupted, interruptible
 from ember.cli.options import home_options, settings_from, warnings_to_terminal
+from ember.cli.os_errors import os_error_line
 from ember.errors import EmberError, InvalidModelSettings
 from ember.models.loader import LoadedModel, load_model
 from ember.models.registry import ModelRegistry
@@ -163,7 +164,8 @@ def embed(
     except EmberError as exc:
         raise click.ClickException(exc.message) from exc
     except OSError as exc:  # unreadable input, full disk, no permission: say which file
-        raise click.ClickException(str(exc) + saved_note(output)) from exc
+        line = os_error_line(exc, input_path, output)
+        raise click.ClickException(line + saved_note(output)) from exc
     except KeyboardInterrupt as stop:
         saved = read_checkpoint(checkpoint_path(output))
         done = saved.rows_done if saved else 0
