@@ -65,6 +65,19 @@ def test_lanes_open_their_own_session_when_first_needed_with_the_same_vectors(
     lanes.close()
 
 
+def test_sessions_stop_spinning_when_a_call_returns(graph_file: Path) -> None:
+    """Threads left spinning after a call hold a core the reply and other lanes need."""
+    lanes = engine(graph_file, threads=2, lanes=2)
+    lanes.embed(TokenBatch([np.arange(1, 6, dtype=np.int64)] * 2))
+    opening = lanes._lane_session._opening
+    assert opening is not None
+    opening.join(timeout=30)
+    for session in (lanes._session, lanes._lane_session._session):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    lanes.close()
+
+
 def test_one_lane_never_opens_a_second_session(graph_file: Path) -> None:
     one = engine(graph_file, threads=4, lanes=1)
     one.embed(TokenBatch([np.arange(1, 6, dtype=np.int64)]))
