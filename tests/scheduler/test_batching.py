@@ -255,3 +255,27 @@ def test_whole_batch_says_whether_a_lone_job_leaves_the_pool_in_one_batch(
         assert predicted == (not pool), (lengths, share, pool.token_budget)
         answers.add(predicted)
     assert answers == {True, False}
+
+
+@pytest.mark.parametrize(
+    ("running_tokens", "taken"),
+    [
+        (408, 3),  # the busy lane has a whole batch left: the tail is this lane's
+        (240, 2),  # it is part way through: it will take the last one when it ends
+        (0, 2),  # it is about to end: half each
+    ],
+)
+def test_a_lane_beside_a_busy_one_takes_its_part_of_the_tail(
+    loop: asyncio.AbstractEventLoop, running_tokens: int, taken: int
+) -> None:
+    pool = PendingPool(token_budget=512)
+    pool.add(make_job(loop, 136, 136, 136))
+    assert len(pool.next_batch(share=2, running_tokens=running_tokens)) == taken
+
+
+def test_a_lane_beside_a_busy_one_takes_a_full_batch_while_much_is_pending(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    pool = PendingPool(token_budget=512)
+    pool.add(make_job(loop, *[128] * 40))
+    assert len(pool.next_batch(share=2, running_tokens=0)) == 4  # 512 padded tokens

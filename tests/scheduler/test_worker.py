@@ -76,6 +76,38 @@ def test_one_request_is_split_over_idle_lanes_that_run_at_once() -> None:
     np.testing.assert_array_equal(vectors, expected)
 
 
+class SizedEngine(FakeEngine):
+    """Two lanes, each call 0.1 s; notes the size of each batch as it starts."""
+
+    def __init__(self) -> None:
+        super().__init__(8, {"lanes": 2, "delay_seconds": 0.1})
+        self.sizes: list[int] = []
+
+    def embed(self, batch: TokenBatch, *, alone: bool = False) -> Vectors:
+        self.sizes.append(len(batch))
+        return super().embed(batch, alone=alone)
+
+
+def test_the_tail_of_a_request_is_split_between_the_lane_free_and_the_one_about_to_be() -> None:
+    engine = SizedEngine()
+
+    async def source(_reload: bool) -> Engine:
+        return engine
+
+    async def scenario() -> Vectors:
+        worker = ModelWorker("m", source, token_budget=64, max_queued_items=100)
+        try:
+            return await worker.embed([np.arange(16, dtype=np.int64) + n for n in range(10)])
+        finally:
+            await worker.close()
+
+    vectors = asyncio.run(scenario())
+    assert len(vectors) == 10
+    # Four each, then the last two: the first lane to end took both, and the other, ending
+    # a moment later, had nothing left; now each takes one.
+    assert engine.sizes == [4, 4, 1, 1]
+
+
 def test_a_fault_in_one_lane_fails_only_its_request_and_the_model_is_reloaded() -> None:
     loads: list[bool] = []
 

@@ -102,11 +102,13 @@ class PendingPool:
         self._drop_inactive()
         return len(self._window)
 
-    def next_batch(self, share: int = 1) -> list[WorkItem]:
+    def next_batch(self, share: int = 1, running_tokens: int | None = None) -> list[WorkItem]:
         """The next batch to run, or [] when nothing is waiting.
 
-        `share`: how many idle engine lanes the pending work should be spread over; the batch
-        then takes at most that fraction of it, so one request can use every lane.
+        `share`: how many engine lanes the pending work should be spread over; the batch then
+        takes at most that fraction of it, so one request can use every lane. Given
+        `running_tokens` (what batches running on other lanes have left), the share is of the
+        pending and the running work together, over all `share` lanes, busy or idle.
 
         Ended jobs are dropped when the pool is asked whether it holds work, not here: a job
         that ends between that question and this call still makes a batch, whose rows for it
@@ -114,7 +116,10 @@ class PendingPool:
         """
         if not self._window:
             return []
-        budget = self._shared_budget(self._tokens, share, self._window_lengths)
+        if running_tokens is not None:
+            budget = self._budget_beside(running_tokens, share)
+        else:
+            budget = self._shared_budget(self._tokens, share, self._window_lengths)
         turn = self._turns[0]
         seed = next(position for position, item in enumerate(self._window) if item.job is turn)
         start, stop = self._grow(seed, budget)
@@ -154,6 +159,16 @@ class PendingPool:
         if even >= self.token_budget:
             return self.token_budget
         return balanced_budget(sorted_lengths(), max(1, share), even, self.token_budget)
+
+    def _budget_beside(self, running_tokens: int, lanes: int) -> int:
+        """A batch's budget when `running_tokens` of work run on busy lanes: this lane's part
+        of the pending and running work over all `lanes` (all that is pending if that part
+        covers it), the runs of sorted lengths balanced as in _shared_budget."""
+        part = -(-(self._tokens + running_tokens) // max(1, lanes))
+        if part >= self.token_budget:
+            return self.token_budget
+        parts = -(-self._tokens // part)
+        return balanced_budget(self._window_lengths(), parts, part, self.token_budget)
 
     def _window_lengths(self) -> list[int]:
         return [item.length for item in self._window]

@@ -2,10 +2,11 @@
 
 A lane forms its batch itself, the moment it is free: whatever arrived while the previous
 batch ran joins the next one, and the engine never waits for the event loop to hand it work.
-Engines that allow it run several lanes (see OnnxEngine); work pending when several lanes
-are idle is split between them. Requests add work and wake a lane; lanes store result rows
-in their requests and wake the event loop only when requests complete. Faults are handled
-on the event loop (reloading a model is async) while the lanes wait.
+Engines that allow it run several lanes (see OnnxEngine); pending work is split between
+them, busy lanes counted by what their batches have left (see LaneProgress). Requests add
+work and wake a lane; lanes store result rows in their requests and wake the event loop only
+when requests complete. Faults are handled on the event loop (reloading a model is async)
+while the lanes wait.
 
 A batch that leaves nothing pending and finds no other lane running runs `alone`: the engine
 may give it every core, and no lane starts another batch until it returns (a second batch
@@ -40,6 +41,7 @@ from ember.errors import (
     Overloaded,
 )
 from ember.scheduler.batching import EmbeddingJob, PendingPool, WorkItem
+from ember.scheduler.progress import LaneProgress
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class ModelWorker:
         self._admitting = 0  # submits under way (on the event loop): see `retired`
         self._recovering = 0  # faults being handled on the event loop: lanes wait
         self._running = 0  # lanes inside engine.embed
+        self._progress = LaneProgress()  # what the lanes' batches have left
         self._alone = False  # a batch runs alone: the other lanes wait until it returns
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -352,9 +355,15 @@ class ModelWorker:
             if self._closed:
                 return False
             engine = self._engine
-            idle_lanes = (engine.lanes if engine is not None else 1) - self._running
-            batch = self._pool.next_batch(share=idle_lanes)
+            lanes = engine.lanes if engine is not None else 1
+            idle_lanes = lanes - self._running
+            if self._running:  # beside busy lanes: a part of what is pending and left
+                running = self._progress.remaining_tokens()
+                batch = self._pool.next_batch(share=lanes, running_tokens=running)
+            else:
+                batch = self._pool.next_batch(share=idle_lanes)
             alone = not self._running and not self._pool
+            progress = self._progress.started(max(item.length for item in batch) * len(batch))
             if not self._pool:
                 self._engine = None
             elif idle_lanes > 1:
@@ -375,6 +384,7 @@ class ModelWorker:
         finally:
             with self._ready:
                 self._running -= 1
+                self._progress.ended(progress, beside_others=not alone)
                 if alone:
                     self._alone = False
                 self._wake_lanes_for_pending_work()
