@@ -74,6 +74,23 @@ def test_answers_expose_retry_after_and_embers_headers(server: RunningServer) ->
     assert {"retry-after", "x-ember-token-ids", "x-ember-cache-hits"} <= set(exposed)
 
 
+def test_a_page_can_read_which_codings_a_415_asks_for(server: RunningServer) -> None:
+    response = httpx.post(
+        f"{server.base_url}/v1/embeddings",
+        content=b"not really brotli",
+        headers={
+            "Origin": APP,
+            "Authorization": "Bearer sk-cors",
+            "Content-Type": "application/json",
+            "Content-Encoding": "br",
+        },
+    )
+    assert response.status_code == 415, response.text
+    assert response.headers["accept-encoding"] == "gzip, deflate"
+    exposed = response.headers["access-control-expose-headers"].lower().split(", ")
+    assert "accept-encoding" in exposed
+
+
 def test_a_preflight_with_cors_off_says_how_to_turn_it_on(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

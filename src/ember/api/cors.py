@@ -19,8 +19,9 @@ from starlette.types import ASGIApp
 from ember.api.errors import error_response
 
 # What a browser client may read of an answer beyond the safelisted headers: the SDKs read
-# Retry-After to back off; Ember's own headers report cache hits and re-tokenisation.
-EXPOSED_HEADERS = ("Retry-After", "X-Ember-Cache-Hits", "X-Ember-Token-Ids")
+# Retry-After to back off; a 415's Accept-Encoding names the codings to compress with
+# instead; Ember's own headers report cache hits and re-tokenisation.
+EXPOSED_HEADERS = ("Retry-After", "Accept-Encoding", "X-Ember-Cache-Hits", "X-Ember-Token-Ids")
 
 
 class Cors(CORSMiddleware):
