@@ -94,6 +94,37 @@ def test_a_csv_record_that_does_not_fit_the_header_stops_the_run_naming_its_line
     assert "Embedded 4 rows" in fixed.output
 
 
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (
+            '{"body": "hello"}\n{"body": "world"}\n',
+            "input.jsonl line 1: no 'text' field (fields: 'body'); choose the field with --column.",
+        ),
+        (
+            '{"text": "hello"}\n\n{"text": "world"}\n{"id": 3}\n{"text": "last"}\n',
+            "input.jsonl line 4: no 'text' field (fields: 'id').",
+        ),
+    ],
+    ids=["first-record", "later-record"],
+)
+def test_a_jsonl_record_without_the_text_field_names_the_file_and_line(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, records: str, message: str
+) -> None:
+    # --column can fix only a field missing from the first record: later on, the column is
+    # right and the record is wrong. The message named no file either.
+    source = tmp_path / "input.jsonl"
+    source.write_text(records)
+    output = tmp_path / "v.jsonl"
+    args = ["embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir", fake_models_dir]
+
+    failed = invoke(*args, "--chunk-rows", "1")
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert failed.output.strip().splitlines()[-1] == f"Error: {message}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.jsonl", "models"]
+
+
 def test_a_bad_csv_record_under_restart_also_discards_the_run_it_replaces(
     tmp_path: Path, fake_models_dir: Path, invoke: Invoke
 ) -> None:

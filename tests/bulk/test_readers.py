@@ -82,7 +82,9 @@ def test_jsonl_without_the_column_says_which_fields_exist(tmp_path: Path) -> Non
     path = tmp_path / "input.jsonl"
     path.write_text('{"id": 1, "body": "x"}\n')
     with pytest.raises(
-        InputUnreadable, match=r"No 'text' field in line 1 \(fields: 'id', 'body'\)"
+        InputUnreadable,
+        match=r"^input\.jsonl line 1: no 'text' field \(fields: 'id', 'body'\); choose the "
+        r"field with --column\.$",
     ):
         open_reader(path, "jsonl", "text")
 

@@ -108,17 +108,26 @@ class JsonLinesReader:
         first = next(self._records(), None)
         self.has_ids = first is not None and "id" in first[2]
         if first is not None and column not in first[2]:
-            raise _no_column(column, first[2], f"line {first[0]}")
+            raise self._no_field(first[0], first[2], first_record=True)
 
     def count(self) -> int:
         return sum(1 for _ in self._lines())
 
     def rows(self, skip: int = 0) -> Iterator[Row]:
-        for number, raw, record in islice(self._records(), skip, None):
+        for index, (number, raw, record) in enumerate(islice(self._records(), skip, None), skip):
             if self.column not in record:
-                raise _no_column(self.column, record, f"line {number}")
+                raise self._no_field(number, record, first_record=index == 0)
             text = _text_value(record[self.column], f"{self.path.name} line {number}")
             yield Row(text, self._id(number, raw, record) if self.has_ids else None)
+
+    def _no_field(self, number: int, record: dict[str, Any], first_record: bool) -> InputUnreadable:
+        """Without the field in the first record, --column is likely wrong; further on, the
+        column is right and this record is the mistake, so --column would mislead."""
+        names = ", ".join(repr(name) for name in record) or "none"
+        advice = "; choose the field with --column" if first_record else ""
+        return InputUnreadable(
+            f"{self.path.name} line {number}: no '{self.column}' field (fields: {names}){advice}."
+        )
 
     def _id(self, number: int, raw: bytes, record: dict[str, Any]) -> RowId:
         """The id as written. orjson reads integers past 64 bits, and every float, inexactly,
