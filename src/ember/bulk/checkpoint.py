@@ -81,14 +81,19 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except RecursionError as exc:  # garbage such as '[[[[…' nests past the parser's limit
+        raise _unreadable(path, "nested too deeply") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _unreadable(path, str(exc)) from exc
     if not isinstance(raw, dict) or raw.pop("version", None) != CHECKPOINT_VERSION:
         raise _unreadable(path, f"not a version {CHECKPOINT_VERSION} checkpoint")
     try:
-        return Checkpoint(**raw)
+        checkpoint = Checkpoint(**raw)
     except TypeError as exc:
         raise _unreadable(path, str(exc)) from exc
+    if problem := _malformed(checkpoint):
+        raise _unreadable(path, problem)
+    return checkpoint
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -128,6 +133,22 @@ def check_same_run(path: Path, saved: Checkpoint, identity: Identity) -> None:
             + "\n  ".join(changes)
             + f"\nPass --restart to start over (discarding the {saved.rows_done} rows done)."
         )
+
+
+def _malformed(checkpoint: Checkpoint) -> str | None:
+    """What is wrong with a checkpoint that is JSON of the right fields but not of their kinds:
+    resuming from it failed deep in the run (a traceback), or, with no writer state, wrote
+    the rows after it as a fresh output."""
+    for name in ("identity", "writer"):
+        if not isinstance(getattr(checkpoint, name), dict):
+            return f"'{name}' is not an object"
+    for name in ("total_rows", "rows_done", "tokens", "truncated", "empty"):
+        value = getattr(checkpoint, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"'{name}' is not a count"
+    if checkpoint.rows_done > checkpoint.total_rows:
+        return "more rows done than there are"
+    return None
 
 
 def _unreadable(path: Path, detail: str) -> CheckpointBroken:

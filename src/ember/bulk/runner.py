@@ -180,14 +180,13 @@ def _run_locked(
         check_same_run(saved_at, saved, identity)
         checkpoint = saved
     else:
+        # Under --restart, the run being replaced goes whole, its checkpoint with its partial
+        # output: kept until this run's first save, it told a Ctrl-C during the count or the
+        # model load that its rows were saved, and a bad row found by counting left it to
+        # refuse the corrected run.
         discard_partial(job.output_path)
-        try:
-            checkpoint = Checkpoint(identity, total_rows=reader.count())
-        except InputUnreadable:
-            # A bad row found by counting discards the run too: under --restart, the one
-            # being replaced, whose partial output is gone already.
-            remove_checkpoint(saved_at)
-            raise
+        remove_checkpoint(saved_at)
+        checkpoint = Checkpoint(identity, total_rows=reader.count())
     spec = OutputSpec(
         job.output_path,
         dimensions,

@@ -110,7 +110,7 @@ class JsonLinesWriter:
         if state is None:
             self._stream = self.partial.open("wb")
             return
-        offset = int(state["offset"])
+        offset = _saved_count(state, "offset", self.partial)
         size = _size_or_none(self.partial)
         if size is None or size < offset:
             raise _broken(self.partial, f"holds {size or 0} bytes, the checkpoint {offset}")
@@ -221,7 +221,8 @@ class ParquetWriter:
             self.folder.mkdir(parents=True)
             self._parts, self._id_type = 0, None
             return
-        self._parts, self._id_type = int(state["parts"]), state.get("id_type")
+        self._parts = _saved_count(state, "parts", self.folder)
+        self._id_type = state.get("id_type")
         missing = [number for number in range(self._parts) if not self._part(number).is_file()]
         if missing:
             raise _broken(self.folder, f"lacks part {missing[0]} of {self._parts}")
@@ -328,6 +329,15 @@ def _sync_folder(folder: Path) -> None:
     """Make renames and new names in `folder` durable (a no-op where folders cannot be synced)."""
     with contextlib.suppress(OSError):
         _sync_file(folder)
+
+
+def _saved_count(state: WriterState, key: str, path: Path) -> int:
+    """A count from the checkpoint's writer state; a damaged one is CheckpointBroken, where
+    `int(state[key])` raised a KeyError or ValueError traceback."""
+    value = state.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _broken(path, f"the checkpoint holds no '{key}' count")
+    return value
 
 
 def _broken(path: Path, detail: str) -> CheckpointBroken:

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from ember.bulk.checkpoint import checkpoint_path, read_checkpoint
+from ember.bulk.errors import CheckpointBroken
 from ember.bulk.formats import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
@@ -167,9 +168,7 @@ def embed(
         line = os_error_line(exc, input_path, output)
         raise click.ClickException(line + saved_note(output)) from exc
     except KeyboardInterrupt as stop:
-        saved = read_checkpoint(checkpoint_path(output))
-        done = saved.rows_done if saved else 0
-        click.echo(f"Interrupted: {done} rows are saved; run the same command to resume.", err=True)
+        click.echo(interrupted_line(output), err=True)
         status = stop.exit_status if isinstance(stop, Interrupted) else 128 + signal.SIGINT
         raise SystemExit(status) from None
     click.echo(summary_line(summary))
@@ -188,6 +187,17 @@ def refuse_dashes(input_path: Path, output: Path) -> None:
             "OUTPUT cannot be stdout ('-'): a run writes it in place, resumably. Name a file "
             "(e.g. -o vectors.jsonl), then read that."
         )
+
+
+def interrupted_line(output: Path) -> str:
+    """What a stopped run kept. A damaged checkpoint (one a run under --restart has not yet
+    replaced, say) is said in the same line, not raised: raised here, it was a traceback."""
+    try:
+        saved = read_checkpoint(checkpoint_path(output))
+    except CheckpointBroken as exc:
+        return f"Interrupted. {exc.message}"
+    done = saved.rows_done if saved else 0
+    return f"Interrupted: {done} rows are saved; run the same command to resume."
 
 
 def saved_note(output: Path) -> str:
