@@ -1,8 +1,9 @@
 """Ember's ONNX engine called directly in this process: the floor the HTTP server adds to.
 
-Batches are formed by the server's own pending pool (texts sorted by length, each engine call
-within the model's token budget, ubatch_size, the work split evenly over idle lanes); several
-run on the engine's lanes at once, a lone one `alone` on every core, as the scheduler runs them.
+A batch workload goes through the server's own scheduler (a ModelWorker on the engine's
+lanes, without HTTP), so its batches are formed and run exactly as the server's are: sorted
+by length, within the model's token budget, spread over the lanes with the tail split by
+how far busy lanes have got. A query calls the engine alone, on every core.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ import numpy as np
 from systems import Burst, Memory, Vector
 from workloads import Workload
 
-from ember.engines.base import TokenBatch, TokenIds, embed_on_lanes
+from ember.engines.base import Engine, TokenBatch, TokenIds
 from ember.engines.onnx import OnnxEngine
 from ember.models.settings import read_settings
 from ember.models.tokenizer import TextTokenizer
-from ember.scheduler.batching import EmbeddingJob, PendingPool
+from ember.scheduler.worker import ModelWorker
 
 
 class EngineSystem:
-    """OnnxEngine plus TextTokenizer on one model folder; tokenising is not timed."""
+    """OnnxEngine plus TextTokenizer on one model folder, batches through a ModelWorker;
+    tokenising is not timed."""
 
     def __init__(self, model_folder: Path, name: str = "Ember engine") -> None:
         self.name = name
         settings = read_settings(model_folder)
-        self._budget = settings.ubatch_size
         self._tokenizer = TextTokenizer(model_folder / "tokenizer.json", settings.ctx_len)
         self._engine = OnnxEngine(
             model_folder / settings.model_file,
@@ -36,34 +37,26 @@ class EngineSystem:
             normalize_output=settings.normalize,
         )
         self._tokens: dict[str, list[TokenIds]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._worker = ModelWorker(
+            name,
+            self._engine_source,
+            token_budget=settings.ubatch_size,
+            max_queued_items=1_000_000,
+        )
+
+    async def _engine_source(self, _reload: bool) -> Engine:
+        return self._engine
 
     def _ids(self, workload: Workload) -> list[TokenIds]:
         if workload.name not in self._tokens:
             self._tokens[workload.name] = self._tokenizer.encode(list(workload.texts))
         return self._tokens[workload.name]
 
-    def _plan(self, sequences: list[TokenIds]) -> list[TokenBatch]:
-        """The batches the scheduler's pending pool makes of one request that finds every
-        lane idle: the first spread over all lanes, each further one over the lanes still
-        idle, then one lane at a time (each lane takes the next when it is free)."""
-        loop = asyncio.new_event_loop()
-        try:
-            pool = PendingPool(self._budget)
-            pool.add(EmbeddingJob(sequences, loop.create_future()))
-            batches: list[TokenBatch] = []
-            idle = self._engine.lanes
-            while pool:
-                batch = pool.next_batch(share=idle)
-                batches.append(TokenBatch([sequences[item.index] for item in batch]))
-                idle = max(1, idle - 1)
-            return batches
-        finally:
-            loop.close()
-
     def batch(self, workload: Workload) -> float:
-        plan = self._plan(self._ids(workload))
+        sequences = self._ids(workload)
         started = time.perf_counter()
-        list(embed_on_lanes(self._engine, plan))
+        self._loop.run_until_complete(self._worker.embed(sequences))
         return time.perf_counter() - started
 
     def queries(self, workload: Workload, count: int) -> list[float]:
@@ -86,4 +79,6 @@ class EngineSystem:
         return None  # shares this process with the benchmark itself
 
     def close(self) -> None:
+        self._loop.run_until_complete(self._worker.close())
+        self._loop.close()
         self._engine.close()
