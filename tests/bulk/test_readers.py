@@ -131,29 +131,37 @@ def test_csv_rows_follow_the_header_and_allow_quoted_newlines(tmp_path: Path) ->
     assert texts_and_ids(list(reader.rows(skip=3))) == [("last", "4")]
 
 
-def test_csv_record_that_ends_before_the_text_field_names_its_line(tmp_path: Path) -> None:
-    # Read as an empty text, such a row was embedded as "no text"; a JSONL record without
-    # the field stops the run, and so does this. Lines count a quoted field's line breaks.
+@pytest.mark.parametrize(
+    ("content", "message", "skip"),
+    [
+        pytest.param(
+            # Read as an empty text, such a row was embedded as "no text"; a JSONL record
+            # without the field stops the run, and so does this. Lines count a quoted
+            # field's line breaks.
+            'id,text,other\n1,"two\r\nlines",x\n\n2\n3,fine,y\n',
+            r"^input\.csv line 5: 1 field where the header has 3, so no 'text' field",
+            1,
+            id="ends before the text field",
+        ),
+        pytest.param(
+            # Most likely a comma in an unquoted text: which field is the text is a guess.
+            'id,text\n1,"fine\nhere"\n2,"quoted\nbut",then, more\n',
+            r"^input\.csv lines 4-5: 4 fields where the header has 2 \(a comma in an unquoted",
+            0,
+            id="more fields than the header",
+        ),
+    ],
+)
+def test_csv_record_that_does_not_fit_the_header_names_its_lines(
+    tmp_path: Path, content: str, message: str, skip: int
+) -> None:
     path = tmp_path / "input.csv"
-    path.write_text('id,text,other\n1,"two\r\nlines",x\n\n2\n3,fine,y\n')
+    path.write_text(content)
     reader = open_reader(path, "csv", "text")
-    message = r"^input\.csv line 5: 1 field where the header has 3, so no 'text' field"
     with pytest.raises(InputUnreadable, match=message):
         reader.count()
     with pytest.raises(InputUnreadable, match=message):
-        list(reader.rows(skip=1))
-
-
-def test_csv_record_with_more_fields_than_the_header_names_its_lines(tmp_path: Path) -> None:
-    # Most likely a comma in an unquoted text: which field is the text is then a guess.
-    path = tmp_path / "input.csv"
-    path.write_text('id,text\n1,"fine\nhere"\n2,"quoted\nbut",then, more\n')
-    reader = open_reader(path, "csv", "text")
-    message = r"^input\.csv lines 4-5: 4 fields where the header has 2 \(a comma in an unquoted"
-    with pytest.raises(InputUnreadable, match=message):
-        reader.count()
-    with pytest.raises(InputUnreadable, match=message):
-        list(reader.rows())
+        list(reader.rows(skip=skip))
 
 
 def test_csv_record_short_of_fields_after_the_text_keeps_its_text(tmp_path: Path) -> None:
