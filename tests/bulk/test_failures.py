@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ember.bulk.checkpoint import checkpoint_path, read_checkpoint
@@ -123,6 +125,34 @@ def test_a_jsonl_record_without_the_text_field_names_the_file_and_line(
     assert failed.exit_code == 1
     assert failed.output.strip().splitlines()[-1] == f"Error: {message}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input.jsonl", "models"]
+
+
+@pytest.mark.parametrize("input_format", ["csv", "parquet"])
+def test_a_header_or_schema_without_the_text_field_names_the_file(
+    tmp_path: Path, fake_models_dir: Path, invoke: Invoke, input_format: str
+) -> None:
+    # It said "No 'text' field in the header (…)", naming no file, unlike a JSONL record's.
+    source = tmp_path / f"input.{input_format}"
+    if input_format == "csv":
+        source.write_text("id,body\n1,hello\n")
+        place = "input.csv line 1"
+    else:
+        pq.write_table(pa.table({"id": [1], "body": ["hello"]}), source)
+        place = "input.parquet"
+    output = tmp_path / "v.jsonl"
+    args = ["embed", source, "-m", FAKE_MODEL, "-o", output, "--models-dir", fake_models_dir]
+
+    failed = invoke(*args)
+    assert isinstance(failed.exception, SystemExit), failed.exception
+    assert failed.exit_code == 1
+    assert failed.output.strip().splitlines()[-1] == (
+        f"Error: {place}: no 'text' field (fields: 'id', 'body'); choose the field with --column."
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == [source.name, "models"]
+
+    chosen = invoke(*args, "--column", "body")
+    assert chosen.exit_code == 0, chosen.output
+    assert "Embedded 1 row" in chosen.output
 
 
 def test_a_bad_csv_record_under_restart_also_discards_the_run_it_replaces(

@@ -21,7 +21,7 @@ import contextlib
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -123,11 +123,8 @@ class JsonLinesReader:
     def _no_field(self, number: int, record: dict[str, Any], first_record: bool) -> InputUnreadable:
         """Without the field in the first record, --column is likely wrong; further on, the
         column is right and this record is the mistake, so --column would mislead."""
-        names = ", ".join(repr(name) for name in record) or "none"
-        advice = "; choose the field with --column" if first_record else ""
-        return InputUnreadable(
-            f"{self.path.name} line {number}: no '{self.column}' field (fields: {names}){advice}."
-        )
+        place = f"{self.path.name} line {number}"
+        return _no_field(place, self.column, record, advise_column=first_record)
 
     def _id(self, number: int, raw: bytes, record: dict[str, Any]) -> RowId:
         """The id as written. orjson reads integers past 64 bits, and every float, inexactly,
@@ -177,7 +174,8 @@ class CsvReader:
             raise InputUnreadable(f"{path.name} is empty: a CSV input needs a header row")
         header = first[2]
         if column not in header:
-            raise _no_column(column, dict.fromkeys(header), "the header")
+            place = f"{path.name} {_lines(first[0], first[1])}"
+            raise _no_field(place, column, header, advise_column=True)
         self._width = len(header)
         self._text_at = header.index(column)
         self._id_at = header.index("id") if "id" in header else None
@@ -210,7 +208,7 @@ class CsvReader:
             yield record
 
     def _misfit(self, first: int, last: int, fields: int) -> InputUnreadable:
-        lines = f"line {first}" if first == last else f"lines {first}-{last}"
+        lines = _lines(first, last)
         found = f"{fields} field{'s' if fields != 1 else ''} where the header has {self._width}"
         if fields > self._width:
             problem = (
@@ -257,7 +255,7 @@ class ParquetReader:
         except (pyarrow.ArrowException, OSError) as exc:
             raise _not_parquet(path, exc) from exc
         if column not in schema.names:
-            raise _no_column(column, dict.fromkeys(schema.names), "the schema")
+            raise _no_field(path.name, column, schema.names, advise_column=True)
         kind = schema.field(column).type
         types = pyarrow.types
         if not (types.is_string(kind) or types.is_large_string(kind)):
@@ -383,8 +381,15 @@ def _exact_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)  # str, int (exact), bool, None
 
 
-def _no_column(column: str, found: dict[str, Any], where: str) -> InputUnreadable:
-    names = ", ".join(repr(name) for name in found) or "none"
-    return InputUnreadable(
-        f"No '{column}' field in {where} (fields: {names}); choose one with --column."
-    )
+def _no_field(
+    place: str, column: str, names: Iterable[str], advise_column: bool
+) -> InputUnreadable:
+    """One wording for a missing text field in every format: the place (file, and line where
+    it has lines) first, then the fields there are."""
+    found = ", ".join(repr(name) for name in names) or "none"
+    advice = "; choose the field with --column" if advise_column else ""
+    return InputUnreadable(f"{place}: no '{column}' field (fields: {found}){advice}.")
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"lines {first}-{last}"
