@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ember.models import registry as registry_module
 from ember.models.manage import remove_model
+from ember.models.settings import ModelSettings, read_settings, write_settings
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import RunningServer, serve_in_thread
@@ -80,6 +82,38 @@ def test_a_removed_model_leaves_the_metrics_and_an_unloaded_one_stays(tmp_path: 
         assert f'{name}{{model="kept"}}' in before
         assert f'{name}{{model="kept"}}' in after
     assert 'model="removed"' not in after
+
+
+def test_a_scrape_parses_a_settings_file_again_only_once_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each scrape rescans the models (a model removed loses its series), and parsed every
+    model's model.json again, changed or not; a changed one must still count."""
+    parsed: list[Path] = []
+
+    def counted_read(folder: Path) -> ModelSettings:
+        parsed.append(folder)
+        return read_settings(folder)
+
+    monkeypatch.setattr(registry_module, "read_settings", counted_read)
+    models_dir = tmp_path / "models"
+    tiny = write_fake_model(models_dir, "tiny")
+    other = write_fake_model(models_dir, "other")
+    settings = ServerSettings(home=tmp_path, models_dir=models_dir)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.base_url) as client:
+        payload = {"model": "tiny", "input": "hello"}
+        assert client.post("/v1/embeddings", json=payload).status_code == 200
+        assert parsed == [other, tiny]  # at start-up
+        scrapes = [client.get("/metrics").text for _ in range(2)]
+        assert parsed == [other, tiny]
+        write_settings(tiny, read_settings(tiny).model_copy(update={"id": "renamed"}))
+        changed = client.get("/metrics").text
+        assert parsed == [other, tiny, tiny]
+        assert client.get("/metrics").status_code == 200  # the new file is known now
+    for scrape in scrapes:
+        assert 'ember_model_load_seconds{model="tiny"}' in scrape
+    assert 'model="tiny"' not in changed
+    assert parsed == [other, tiny, tiny]
 
 
 def test_one_access_log_line_per_request(

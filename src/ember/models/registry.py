@@ -33,6 +33,7 @@ from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Path, ModelSettings, bool], LoadedModel]
+FileIdentity = tuple[int, int, int, int]
 
 
 @dataclass
@@ -42,7 +43,7 @@ class RegisteredModel:
     folder: Path
     settings: ModelSettings | None
     problem: str | None = None
-    identity: tuple[int, int, int] | None = None  # its model.json's, when scanned
+    identity: FileIdentity | None = None  # its model.json's, when scanned
     loaded: LoadedModel | None = None
     last_used: float = 0.0
     users: int = 0  # requests using it now: it is not idle, whatever its keep_alive
@@ -80,6 +81,15 @@ class RegisteredModel:
         return path_identity(self._settings_path) != self.identity
 
 
+@dataclass(frozen=True)
+class _SettingsRead:
+    """A folder's model.json as last parsed, and the file's identity just before."""
+
+    identity: FileIdentity | None
+    settings: ModelSettings | None
+    problem: str | None
+
+
 class ModelRegistry:
     """Finds models under `models_dir`, loads each once on demand, keeps it loaded."""
 
@@ -98,7 +108,8 @@ class ModelRegistry:
         self._names: dict[str, str] = {}
         self._clashes: set[str] = set()
         self._models_dir_path = str(models_dir)
-        self._models_dir_identity: tuple[int, int, int] | None = None
+        self._models_dir_identity: FileIdentity | None = None
+        self._reads: dict[Path, _SettingsRead] = {}  # by folder, those of the last scan
         # With a budget, models load one at a time: room is made for a model when its load
         # starts, so two loads at once would each count only the models already loaded.
         self._budgeted_load = asyncio.Lock()
@@ -113,16 +124,12 @@ class ModelRegistry:
         """
         found: dict[str, RegisteredModel] = {}
         clashes: list[str] = []
+        reads: dict[Path, _SettingsRead] = {}
         self._models_dir_identity = path_identity(self._models_dir_path)
         for folder in self._model_folders():
-            try:
-                settings: ModelSettings | None = read_settings(folder)
-                problem = None
-            except EmberError as exc:
-                settings, problem = None, exc.message
-            entry = RegisteredModel(
-                folder, settings, problem, path_identity(folder / SETTINGS_FILE)
-            )
+            read = reads[folder] = self._read_settings(folder)
+            settings = read.settings
+            entry = RegisteredModel(folder, settings, read.problem, read.identity)
             if entry.model_id in found:
                 clashes.append(_clash(entry.model_id, found[entry.model_id], entry))
                 continue
@@ -138,6 +145,7 @@ class ModelRegistry:
         kept = {id(entry) for entry in found.values()}
         dropped = [entry for entry in self._models.values() if id(entry) not in kept]
         self._models = found
+        self._reads = reads  # a folder gone takes its settings with it
         for entry in dropped:  # its folder is gone or another one now
             self._release(entry)
         self._names = {model_id: model_id for model_id in found}
@@ -150,6 +158,22 @@ class ModelRegistry:
             if clash not in self._clashes:  # /v1/models rescans on every call
                 log.warning("%s", clash)
         self._clashes = set(clashes)
+
+    def _read_settings(self, folder: Path) -> _SettingsRead:
+        """`folder`'s settings, parsed again only once its model.json is another file or
+        changed: /metrics and /v1/models rescan on every call, and a parse costs 20 us a model.
+
+        The identity is taken before the read, so a file rewritten during it is read again
+        at the next scan rather than kept, stale, under the new file's identity.
+        """
+        identity = path_identity(folder / SETTINGS_FILE)
+        known = self._reads.get(folder)
+        if known is not None and identity is not None and known.identity == identity:
+            return known
+        try:
+            return _SettingsRead(identity, read_settings(folder), None)
+        except EmberError as exc:
+            return _SettingsRead(identity, None, exc.message)
 
     def models(self) -> list[RegisteredModel]:
         return list(self._models.values())
@@ -323,19 +347,20 @@ class ModelRegistry:
         )
 
 
-def path_identity(path: str | Path) -> tuple[int, int, int] | None:
-    """Device, inode and mtime of `path`; None once it is gone.
+def path_identity(path: str | Path) -> FileIdentity | None:
+    """Device, inode, size and mtime of `path`; None once it is gone.
 
     Of a model folder's model.json: a folder removed and added again may reuse the old
     folder's inode, but its model.json is written anew, so this tells them apart; rewriting
-    model.json counts as a change too. Of the models folder itself: it changes when a folder
-    in it is added, removed or renamed.
+    model.json counts as a change too (the size as well as the mtime, which a rewrite in
+    place within the clock's tick keeps). Of the models folder itself: it changes when a
+    folder in it is added, removed or renamed.
     """
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _file_size(path: Path) -> int:
