@@ -326,3 +326,43 @@ def test_options_asterisk_names_the_methods_of_the_server(tmp_path: Path) -> Non
     assert response.getheader("content-length") == "0"  # RFC 9110 9.3.7
     assert body == b""
     assert after.status == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"POST * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+        b'{"input": "hi"}\n',
+    ],
+    ids=["GET", "POST"],
+)
+def test_another_method_on_the_asterisk_target_is_a_bad_request(
+    tmp_path: Path, request_bytes: bytes
+) -> None:
+    """RFC 9112 3.2.4 allows the target `*` for OPTIONS only; `GET *` got a 404 naming the
+    path `/*`, as though some path might answer it. Malformed, it is refused before the key
+    is asked for."""
+    with serve_in_thread(ServerSettings(home=tmp_path, api_key="k")) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(request_bytes)
+            received = b""
+            while chunk := raw.recv(65536):  # Connection: close ends it
+                received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    assert status_line == "HTTP/1.1 400 Bad Request", received
+    assert headers["content-type"] == "application/json"
+    method = request_bytes.split(b" ", 1)[0].decode()
+    assert json.loads(body) == {
+        "error": {
+            "message": f"Invalid URL ({method} *): the target * is for OPTIONS only "
+            "(RFC 9112 3.2.4); other methods take a path, such as /v1/embeddings.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_value",
+        }
+    }
