@@ -9,6 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 Pooling = Literal["mean", "cls", "lasttoken"]
+# ONNX metadata on graphs whose output rows are unit vectors already (Ember's own), which
+# GraphOutputFinish then leaves as they are.
+NORMALIZED_METADATA = "ember.normalized_in_graph"
 Vectors = npt.NDArray[np.float32]
 
 
@@ -56,12 +59,14 @@ def shorten(vectors: Vectors, dimensions: int, *, layer_norm: bool = False) -> V
 @dataclass(frozen=True)
 class GraphOutputFinish:
     """Turns an ONNX graph's output into sentence vectors: pooled here if the graph gave token
-    states, and normalised if the model's settings say so (Ember's graphs already are: a no-op
-    again)."""
+    states, and normalised if the model's settings say so, unless the graph says it already
+    did (`normalized_in_graph`, which Ember's graphs say: normalising again cost time for
+    nothing)."""
 
     pooled_in_graph: bool
     pooling: Pooling
     normalize_output: bool
+    normalized_in_graph: bool = False
 
     def __call__(
         self, output: npt.NDArray[np.float32], attention_mask: npt.NDArray[np.int64]
@@ -69,4 +74,6 @@ class GraphOutputFinish:
         vectors = np.asarray(output, dtype=np.float32)
         if not self.pooled_in_graph and vectors.ndim == 3:
             vectors = pool(vectors, attention_mask, self.pooling)
+        elif self.normalized_in_graph:
+            return vectors
         return normalize(vectors) if self.normalize_output else vectors

@@ -22,6 +22,7 @@ from ember.engines.onnx_graphs.quantize import (
     measure_fidelity,
     quantize_int8,
 )
+from ember.pooling import NORMALIZED_METADATA
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # Ember promises this much to users of the int8 variant; quantize_int8 aims higher.
@@ -138,3 +139,8 @@ def test_the_int8_file_keeps_no_unused_weights(graphs: Graphs) -> None:
     names = [tensor.name for tensor in graphs.int8.graph.initializer]
     assert [name for name in names if name not in used] == []
     assert any(name.endswith("output.dense.bias") for name in names), "fp32 products keep theirs"
+
+
+def test_the_int8_graph_keeps_the_mark_of_a_normalising_graph(graphs: Graphs) -> None:
+    marks = {entry.key: entry.value for entry in graphs.int8.metadata_props}
+    assert marks.get(NORMALIZED_METADATA) == "true"

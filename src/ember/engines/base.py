@@ -35,6 +35,9 @@ class TokenBatch:
 
     def padded(self, pad_id: int = 0) -> tuple[TokenIds, TokenIds]:
         """Right-padded `(input_ids, attention_mask)`, both int64 [batch, longest]."""
+        if len(self.sequences) == 1:  # a lone query: nothing to pad, no copy to make
+            ids = np.asarray(self.sequences[0], dtype=np.int64)[np.newaxis, :]
+            return ids, np.ones_like(ids)
         input_ids = np.full((len(self.sequences), self.longest), pad_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
         for row, sequence in enumerate(self.sequences):

@@ -14,7 +14,7 @@ from ember.engines.base import TokenBatch, TokenIds, Vectors
 from ember.engines.cores import available_cores
 from ember.engines.heap import return_freed_memory
 from ember.errors import EngineFailure, ModelLoadFailed
-from ember.pooling import GraphOutputFinish, Pooling
+from ember.pooling import NORMALIZED_METADATA, GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,12 @@ class OnnxEngine:
         if output_name not in names:
             raise ModelLoadFailed(f"{model_path.name} has no output {output_name!r} ({names})")
         self._output_name = output_name
+        metadata = self._session.get_modelmeta().custom_metadata_map
         self._finish = GraphOutputFinish(
             pooled_in_graph=output_name == POOLED_OUTPUT,
             pooling=pooling,
             normalize_output=normalize_output,
+            normalized_in_graph=metadata.get(NORMALIZED_METADATA) == "true",
         )
         self._pad_id = pad_id
         shape = next(output.shape for output in outputs if output.name == output_name)

@@ -174,7 +174,7 @@ def build_bert_graph(
         )
     builder.op("Identity", vectors, output=OUTPUT_NAME)
     builder.add_output(OUTPUT_NAME, TensorProto.FLOAT, ["batch", parsed.hidden_size])
-    return builder.build()
+    return builder.build(normalized=normalize)
 
 
 class EncoderBuilder:

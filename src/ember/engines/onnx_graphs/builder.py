@@ -11,7 +11,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ember.pooling import Pooling
+from ember.pooling import NORMALIZED_METADATA, Pooling
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -168,8 +168,12 @@ class GraphBuilder:
         """This builder's graph; a subgraph's initializers stay with the outermost graph."""
         return helper.make_graph(self._nodes, self._name, self._inputs, self._outputs)
 
-    def build(self, *, producer: str = "ember", check: bool = True) -> onnx.ModelProto:
-        """Assemble the model; `check` runs the ONNX checker (cheap, it skips shape inference)."""
+    def build(
+        self, *, producer: str = "ember", check: bool = True, normalized: bool = False
+    ) -> onnx.ModelProto:
+        """Assemble the model; `check` runs the ONNX checker (cheap, it skips shape inference).
+        `normalized` marks a graph whose output rows are unit vectors (see NORMALIZED_METADATA).
+        """
         graph = self.graph()
         graph.initializer.extend(self._state.initializers)
         opsets = [helper.make_opsetid("", self._opset)]
@@ -178,6 +182,8 @@ class GraphBuilder:
         # The lowest IR version the opsets allow: runtimes older than the installed onnx
         # package would otherwise reject the model for its IR version alone.
         model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+        if normalized:
+            set_metadata(model, NORMALIZED_METADATA, "true")
         if check:
             onnx.checker.check_model(model)
         return model
@@ -324,3 +330,12 @@ def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
                 yield from all_graphs(attribute.g)
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one of the model's metadata entries, replacing any of the same key."""
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+            return
+    model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))

@@ -288,11 +288,3 @@ def _int8_product(
     scaled = emitter.op("Mul", [summed, rows.scale_column], f"{prefix}/scaled_rows")
     shape = emitter.op("Shape", [unscaled], f"{prefix}/shape")
     return emitter.op("Reshape", [scaled, shape], output)
-
-
-def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    for entry in model.metadata_props:
-        if entry.key == key:
-            entry.value = value
-            return
-    model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))

@@ -123,7 +123,7 @@ def build_mpnet_graph(
         pooled = l2_normalize(builder, pooled)
     builder.op("Identity", pooled, output=OUTPUT_NAME)
     builder.add_output(OUTPUT_NAME, TensorProto.FLOAT, ["batch", parsed.encoder.hidden_size])
-    return builder.build()
+    return builder.build(normalized=normalize)
 
 
 def _with_bert_names(weights: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:

@@ -68,7 +68,7 @@ def build_nomic_bert_graph(
         pooled = l2_normalize(builder, pooled)
     builder.op("Identity", pooled, output=OUTPUT_NAME)
     builder.add_output(OUTPUT_NAME, TensorProto.FLOAT, ["batch", parsed.hidden_size])
-    return builder.build()
+    return builder.build(normalized=normalize)
 
 
 @dataclass(frozen=True)

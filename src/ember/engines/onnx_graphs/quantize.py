@@ -61,7 +61,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from ember.engines.onnx_graphs.int8_graph import SWITCH, rewrite, set_metadata
+from ember.engines.onnx_graphs.builder import set_metadata
+from ember.engines.onnx_graphs.int8_graph import SWITCH, rewrite
 from ember.engines.onnx_graphs.int8_plan import (
     InputGroup,
     calibrate,
