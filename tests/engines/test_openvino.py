@@ -11,9 +11,10 @@ import pytest
 from ember.engines.base import TokenBatch, TokenIds
 from ember.engines.onnx import OnnxEngine
 from ember.engines.onnx_graphs.bert import build_bert_graph
-from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
+from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT, set_metadata
 from ember.engines.openvino import NotForOpenVino, OpenVinoEngine, _pieces
 from ember.errors import EngineFailure, ModelLoadFailed
+from ember.pooling import NORMALIZED_METADATA
 from tests.engines.test_bert_graph import POSITIONS, VOCAB, tiny_config, tiny_weights
 from tests.support.openvino import require_openvino
 
@@ -173,3 +174,23 @@ def test_graphs_with_low_precision_weights_are_refused(tmp_path: Path, held_in: 
         OpenVinoEngine(path, pooling="mean", normalize_output=True)
     vectors = OnnxEngine(path, pooling="mean", normalize_output=True).embed(ragged_batch(1, 3))
     assert vectors.shape == (3, 32)
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_the_graphs_mark_decides_whether_its_vectors_are_normalised_again(
+    tmp_path: Path, marked: bool
+) -> None:
+    graph = build_bert_graph(
+        tiny_config(), tiny_weights(), pooling="mean", normalize=False, fused=False
+    )
+    if marked:  # falsely, so that a second normalisation would show: the mark is trusted
+        set_metadata(graph, NORMALIZED_METADATA, "true")
+    path = tmp_path / "model.onnx"
+    onnx.save(graph, path)
+    engine = OpenVinoEngine(path, pooling="mean", normalize_output=True)
+    try:
+        vectors = engine.embed(ragged_batch(seed=3, rows=4))
+    finally:
+        engine.close()
+    unit = bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5))
+    assert unit is not marked

@@ -29,7 +29,7 @@ from ember.engines.cores import available_cores
 from ember.engines.onnx import POOLED_OUTPUT, first_line, graph_feeds
 from ember.engines.onnx_graphs.builder import CHUNK_TOKENS_CONSTANT
 from ember.errors import EngineFailure, ModelLoadFailed, RuntimeMissing
-from ember.pooling import GraphOutputFinish, Pooling
+from ember.pooling import NORMALIZED_METADATA, GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,11 @@ class OpenVinoEngine:
             "CPU_RUNTIME_CACHE_CAPACITY": SHAPES_KEPT,
         }
         try:
-            compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+            core = ov.Core()
+            graph = core.read_model(str(model_path))
+            normalized_in_graph = _says_normalized(graph)
+            compiled = core.compile_model(graph, "CPU", config)
+            del graph  # the compiled model keeps what it needs
         except Exception as exc:  # OpenVINO raises its own untyped errors for bad graphs
             reason = _reason(exc).replace(str(model_path), model_path.name)
             raise ModelLoadFailed(f"OpenVINO cannot load {model_path.name}: {reason}") from exc
@@ -120,6 +124,7 @@ class OpenVinoEngine:
             pooled_in_graph=POOLED_OUTPUT in self._output.get_names(),
             pooling=pooling,
             normalize_output=normalize_output,
+            normalized_in_graph=normalized_in_graph,
         )
         self._pad_id = pad_id
         width = self._output.get_partial_shape()[-1]
@@ -274,3 +279,10 @@ def _output_port(outputs: list[Any], wanted: str | None, file_name: str) -> Any:
         return outputs[0]
     names = sorted(name for port in outputs for name in port.get_names())
     raise ModelLoadFailed(f"{file_name} has no output {wanted!r} ({names})")
+
+
+def _says_normalized(graph: Any) -> bool:
+    """Whether the ONNX file's metadata says its rows are unit vectors already (OpenVINO
+    keeps an ONNX file's metadata under the rt_info key "framework")."""
+    key = ["framework", NORMALIZED_METADATA]
+    return bool(graph.has_rt_info(key)) and str(graph.get_rt_info(key).astype(str)) == "true"
