@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ember.api.errors import response_for
 from ember.api.hosts import allowed_hosts, host_name
+from ember.errors import HostNotAllowed
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import RunningServer, serve_in_thread
@@ -47,7 +49,20 @@ def test_foreign_host_headers_are_refused_against_dns_rebinding(
         headers={"Host": host},
     )
     assert response.status_code == 403
-    assert response.json()["error"]["code"] == "host_not_allowed"
+    assert response.json() == {
+        "error": {
+            "message": "Host not allowed: add it with EMBER_ALLOWED_HOSTS.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "host_not_allowed",
+        }
+    }
+    # What the error table renders for HostNotAllowed, byte for byte, with its headers.
+    table = response_for(HostNotAllowed("Host not allowed: add it with EMBER_ALLOWED_HOSTS."))
+    assert response.status_code == table.status_code
+    assert response.content == table.body
+    assert response.headers["content-type"] == table.headers["content-type"]
+    assert response.headers["content-length"] == table.headers["content-length"]
 
 
 def test_configured_hosts_and_wildcards() -> None:

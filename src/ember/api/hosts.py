@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ember.api.errors import response_for
+from ember.errors import HostNotAllowed
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -41,7 +43,8 @@ def host_name(header: str) -> str:
 
 
 class TrustedHostMiddleware:
-    """Refuses requests whose Host header is not allowed, with a 403 OpenAI error body."""
+    """Refuses requests whose Host header is not allowed, with the error table's answer to
+    HostNotAllowed."""
 
     def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
         self.app = app
@@ -56,21 +59,5 @@ class TrustedHostMiddleware:
         if host_name(header) in self.hosts:
             await self.app(scope, receive, send)
             return
-        body = orjson.dumps(
-            {
-                "error": {
-                    "message": "Host not allowed: add it with EMBER_ALLOWED_HOSTS.",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "host_not_allowed",
-                }
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        refusal = HostNotAllowed("Host not allowed: add it with EMBER_ALLOWED_HOSTS.")
+        await response_for(refusal)(scope, receive, send)
