@@ -91,13 +91,25 @@ def test_jsonl_without_the_column_says_which_fields_exist(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("line", "problem"),
-    [("[1, 2]", "not a JSON object"), ("{oops", "not JSON"), ('{"text": 5}', "int, not a string")],
+    [
+        ("[1, 2]", "not a JSON object"),
+        ("{oops", "not JSON"),
+        ('{"text": 5}', "int, not a string"),
+        ('{"id": 2}', r"no 'text' field \(fields: 'id'\)\.$"),
+    ],
 )
-def test_jsonl_bad_rows_name_their_line(tmp_path: Path, line: str, problem: str) -> None:
+def test_jsonl_bad_rows_name_their_line_when_counted_and_read(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    # Counting, before the model loads, only counted lines: a bad record stopped the run
+    # once the rows before it had been embedded.
     path = tmp_path / "input.jsonl"
-    path.write_text('{"text": "fine"}\n' + line + "\n")
+    path.write_text('{"text": "fine"}\n' + line + '\n{"text": "after"}\n')
+    reader = open_reader(path, "jsonl", "text")
     with pytest.raises(InputUnreadable, match=rf"^input\.jsonl line 2: .*{problem}"):
-        list(open_reader(path, "jsonl", "text").rows())
+        reader.count()
+    with pytest.raises(InputUnreadable, match=rf"^input\.jsonl line 2: .*{problem}"):
+        list(reader.rows())
 
 
 def test_jsonl_ids_keep_every_digit(tmp_path: Path) -> None:

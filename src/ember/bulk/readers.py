@@ -111,14 +111,24 @@ class JsonLinesReader:
             raise self._no_field(first[0], first[2], first_record=True)
 
     def count(self) -> int:
-        return sum(1 for _ in self._lines())
+        """Records, each checked as `rows` checks its text: a record that is not JSON, lacks
+        the field or holds no text there stops a run before its model loads, not when the
+        rows before it have been embedded."""
+        records = 0
+        for index, (number, _, record) in enumerate(self._records()):
+            self._text(index, number, record)
+            records += 1
+        return records
 
     def rows(self, skip: int = 0) -> Iterator[Row]:
         for index, (number, raw, record) in enumerate(islice(self._records(), skip, None), skip):
-            if self.column not in record:
-                raise self._no_field(number, record, first_record=index == 0)
-            text = _text_value(record[self.column], f"{self.path.name} line {number}")
+            text = self._text(index, number, record)
             yield Row(text, self._id(number, raw, record) if self.has_ids else None)
+
+    def _text(self, index: int, number: int, record: dict[str, Any]) -> str:
+        if self.column not in record:
+            raise self._no_field(number, record, first_record=index == 0)
+        return _text_value(record[self.column], f"{self.path.name} line {number}")
 
     def _no_field(self, number: int, record: dict[str, Any], first_record: bool) -> InputUnreadable:
         """Without the field in the first record, --column is likely wrong; further on, the
