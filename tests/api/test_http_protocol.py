@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from ember.api.errors import response_for
 from ember.api.http_protocol import GuardedHttpToolsProtocol, HeadHoldingTransport
+from ember.errors import InvalidRequest
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
@@ -233,12 +235,26 @@ def test_a_malformed_request_gets_an_openai_error_body(
     with serve_in_thread(ServerSettings(home=tmp_path)) as server:
         received = exchange(server.base_url, request_bytes, responses=1)
     head, _, body = received.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 "), head
-    assert b"content-type: application/json" in head.lower()
-    error = json.loads(body)["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "invalid_request_error"
-    assert error["message"].startswith("Invalid HTTP request")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    assert status_line == "HTTP/1.1 400 Bad Request", received
+    message = json.loads(body)["error"]["message"]
+    assert message.startswith("Invalid HTTP request: "), message  # llhttp's reason follows
+    assert json.loads(body) == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_value",
+        }
+    }
+    # The error table's answer to InvalidRequest, byte for byte, with its headers.
+    table = response_for(InvalidRequest(message))
+    assert table.status_code == 400
+    assert body == table.body
+    assert headers["content-type"] == table.headers["content-type"]
+    assert headers["content-length"] == table.headers["content-length"]
+    assert headers["connection"] == "close"
 
 
 def read_until_closed(connection: socket.socket) -> bytes:
@@ -272,8 +288,14 @@ def test_a_stalled_request_body_gets_408_and_others_are_served(
             waited = time.monotonic() - began
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), received
-    error = json.loads(body)["error"]
-    assert (error["type"], error["code"]) == ("invalid_request_error", "request_timeout")
+    assert json.loads(body) == {
+        "error": {
+            "message": "The request body stopped arriving: no byte for 0.5 s.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_timeout",
+        }
+    }
     assert 0.4 < waited < 5
 
 

@@ -11,31 +11,44 @@ other refusal does, not uvicorn's plain-text "Invalid HTTP request received.".
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import httptools
+from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ember.api.errors import error_body
+from ember.api.errors import error_response, response_for
+from ember.errors import EmberError, InvalidRequest
 
 
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that refuses a request it cannot parse with an OpenAI error body."""
+    """HttpToolsProtocol that refuses a request it cannot parse with the error table's answer."""
 
     def send_400_response(self, msg: str) -> None:
-        self.send_error_and_close(b"400 Bad Request", msg, "invalid_value")
+        self.send_refusal_and_close(InvalidRequest(msg))
+
+    def send_refusal_and_close(self, error: EmberError) -> None:
+        """Answer `error` as the error table renders it, outside any request's cycle, then
+        close: status, body and headers are the table's, as for a refusal inside the app."""
+        self._send_and_close(response_for(error))
 
     def send_error_and_close(self, status: bytes, message: str, code: str) -> None:
-        """Answer with an OpenAI error body outside any request's cycle, then close."""
-        body = error_body(message, "invalid_request_error", code=code)
-        head = [b"HTTP/1.1 " + status + b"\r\n"]
+        """An OpenAI error body picked by the caller, not the table: kept for http_protocol's
+        408 until it raises a domain error through send_refusal_and_close."""
+        body_status = int(status.split(b" ", 1)[0])
+        self._send_and_close(
+            error_response(body_status, message, "invalid_request_error", code=code)
+        )
+
+    def _send_and_close(self, response: Response) -> None:
+        status = HTTPStatus(response.status_code)
+        head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))]
         head += [
-            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+            name + b": " + value + b"\r\n"
+            for name, value in [*self.server_state.default_headers, *response.raw_headers]
         ]
-        head += [
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + bytes(response.body))
         self.transport.close()
 
 
