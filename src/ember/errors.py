@@ -12,6 +12,8 @@ The tree (the API maps each leaf to a status and an OpenAI error body in one tab
     │   └── DimensionsNotSupported  `dimensions` asked of a model that cannot shorten
     ├── AuthenticationFailed        missing or wrong API key
     ├── HostNotAllowed              the Host header is not one the server answers to
+    ├── OriginNotAllowed            a browser's CORS preflight asks for an origin or method
+    │                               the server does not allow
     ├── ModelError
     │   ├── ModelNotFound           no such model id in the registry
     │   ├── ModelNotEmbedding       the model's settings lack "embedding": true
@@ -86,6 +88,10 @@ class AuthenticationFailed(EmberError):
 
 class HostNotAllowed(EmberError):
     """The Host header names a host this server does not answer to."""
+
+
+class OriginNotAllowed(EmberError):
+    """A browser's CORS preflight names an origin (or method) the server does not allow."""
 
 
 class ModelError(EmberError):

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from ember.api.errors import response_for
+from ember.errors import OriginNotAllowed
 from ember.settings import ServerSettings
 from tests.api.test_errors import assert_error
 from tests.support.models import write_fake_model
@@ -54,12 +56,39 @@ def test_a_listed_origin_may_reach_this_private_address(server: RunningServer) -
     assert response.headers["access-control-allow-private-network"] == "true"
 
 
-def test_a_refused_preflight_is_an_openai_error(server: RunningServer) -> None:
-    response = preflight(server, "https://evil.example")
-    error = assert_error(response, 400, code="cors_not_allowed", type="invalid_request_error")
-    assert "origin" in error["message"]
-    assert "EMBER_CORS_ORIGINS" in error["message"]
-    assert "access-control-allow-origin" not in response.headers
+@pytest.mark.parametrize(
+    ("origin", "method", "refused"),
+    [
+        ("https://evil.example", "POST", "origin"),
+        (APP, "PUT", "method"),
+        ("https://evil.example", "PUT", "origin, method"),
+    ],
+)
+def test_a_refused_preflight_is_the_error_tables_answer(
+    server: RunningServer, origin: str, method: str, refused: str
+) -> None:
+    response = preflight(server, origin, **{"Access-Control-Request-Method": method})
+    message = (
+        f"CORS preflight refused, not allowed: {refused} (the origins allowed are listed in "
+        "EMBER_CORS_ORIGINS)."
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "cors_not_allowed",
+        }
+    }
+    table = response_for(OriginNotAllowed(message))
+    assert response.status_code == table.status_code
+    assert response.content == table.body
+    assert response.headers["content-type"] == table.headers["content-type"]
+    # The preflight's own headers go along; a refused origin is not echoed.
+    assert response.headers["access-control-allow-methods"] == "GET, HEAD, POST, OPTIONS"
+    assert response.headers["vary"].startswith("Origin")
+    assert ("access-control-allow-origin" in response.headers) == (origin == APP)
 
 
 def test_answers_expose_retry_after_and_embers_headers(server: RunningServer) -> None:

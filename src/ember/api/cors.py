@@ -16,7 +16,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from ember.api.errors import error_response
+from ember.api.errors import response_for
+from ember.errors import OriginNotAllowed
 
 # What a browser client may read of an answer beyond the safelisted headers: the SDKs read
 # Retry-After to back off; a 415's Accept-Encoding names the codings to compress with
@@ -25,7 +26,8 @@ EXPOSED_HEADERS = ("Retry-After", "Accept-Encoding", "X-Ember-Cache-Hits", "X-Em
 
 
 class Cors(CORSMiddleware):
-    """CORSMiddleware whose refused preflights answer an OpenAI error body, not plain text."""
+    """CORSMiddleware whose refused preflights get the error table's answer to OriginNotAllowed,
+    not plain text."""
 
     def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
         super().__init__(
@@ -42,16 +44,14 @@ class Cors(CORSMiddleware):
         if response.status_code < 400:
             return response
         refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
-        headers = {
-            name: value
-            for name, value in response.headers.items()
-            if name not in ("content-length", "content-type")
-        }
-        return error_response(
-            response.status_code,
-            f"CORS preflight refused, not allowed: {refused} (the origins allowed are listed in "
-            "EMBER_CORS_ORIGINS).",
-            "invalid_request_error",
-            code="cors_not_allowed",
-            headers=headers,
+        refusal = response_for(
+            OriginNotAllowed(
+                f"CORS preflight refused, not allowed: {refused} (the origins allowed are "
+                "listed in EMBER_CORS_ORIGINS)."
+            )
         )
+        # The preflight's own headers (Vary, the methods and headers allowed) go along.
+        for name, value in response.headers.items():
+            if name not in ("content-length", "content-type"):
+                refusal.headers[name] = value
+        return refusal

@@ -40,6 +40,7 @@ ERROR_TABLE: dict[type[errors.EmberError], ErrorKind] = {
     errors.InvalidRequest: ErrorKind(400, "invalid_request_error", "invalid_value"),
     errors.AuthenticationFailed: ErrorKind(401, "invalid_request_error", "invalid_api_key"),
     errors.HostNotAllowed: ErrorKind(403, "invalid_request_error", "host_not_allowed"),
+    errors.OriginNotAllowed: ErrorKind(400, "invalid_request_error", "cors_not_allowed"),
     errors.ModelNotFound: ErrorKind(404, "invalid_request_error", "model_not_found"),
     errors.ModelNotEmbedding: ErrorKind(400, "invalid_request_error", "model_not_embedding"),
     errors.EmbeddingUnsupported: ErrorKind(501, "not_implemented_error", None),
