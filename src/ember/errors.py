@@ -23,6 +23,7 @@ The tree (the API maps each leaf to a status and an OpenAI error body in one tab
     │   ├── RuntimeMissing          the engine's optional dependency is not installed
     │   └── ModelPullError          fetching or verifying a model package failed
     ├── Overloaded                  the model's queue is full: retry later
+    ├── ShuttingDown                the server stopped before the request finished: retry it
     ├── RequestTimedOut             the request took longer than allowed
     └── EngineFailure               the engine raised while running a batch
 """
@@ -132,6 +133,15 @@ class ModelPullError(ModelError):
 
 class Overloaded(EmberError):
     """The model's queue is full; the client should retry after a pause."""
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ShuttingDown(EmberError):
+    """The server is stopping and cut the request short; it can be sent again, elsewhere or
+    once the server is back."""
 
     def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
         super().__init__(message)

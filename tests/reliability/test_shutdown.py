@@ -16,13 +16,16 @@ import httpx
 import pytest
 import uvicorn
 
+from ember.api.errors import response_for
 from ember.api.server import GracefulServer
+from ember.errors import ShuttingDown
 from tests.reliability.expect import assert_error, metric
 from tests.support.models import write_fake_model
 from tests.support.process import ember_process, wait_until_healthy
 from tests.support.server import free_port
 
 TEXTS = ["hello", "world", "python", "lazy dog", "quick fox", "brown dog"]
+CUT_SHORT = "The server is shutting down and could not finish this request; retry it."
 
 
 def start_args(models_dir: Path, port: int) -> list[str]:
@@ -129,6 +132,22 @@ def test_sigterm_or_sighup_finishes_in_flight_requests_and_exits_0(
     assert "Traceback" not in log.read_text()
 
 
+def assert_cut_short(response: httpx.Response) -> None:
+    """The error table's answer to ShuttingDown: 503, its body, and Retry-After."""
+    assert_error(response, 503, "shutting_down")
+    assert response.json() == {
+        "error": {
+            "message": CUT_SHORT,
+            "type": "server_error",
+            "param": None,
+            "code": "shutting_down",
+        }
+    }
+    table = response_for(ShuttingDown(CUT_SHORT))
+    assert response.content == table.body
+    assert response.headers["retry-after"] == table.headers["retry-after"] == "1"
+
+
 def test_an_ignored_sighup_stays_ignored_so_nohup_keeps_the_server_running() -> None:
     """`nohup ember serve` asks for the server to outlive its terminal; SIGTERM still stops it."""
     server = GracefulServer(uvicorn.Config(app=lambda scope, receive, send: None))
@@ -165,9 +184,7 @@ def test_sigint_with_requests_outlasting_the_grace_period_exits_0_in_bounded_tim
     assert any(response.status_code == 200 for response in responses)
     for response in responses:
         if response.status_code != 200:
-            error = assert_error(response, 503, "shutting_down")
-            assert response.headers["Retry-After"]
-            assert "shutting down" in error["message"]
+            assert_cut_short(response)
 
 
 def test_server_that_cannot_bind_exits_non_zero(tmp_path: Path) -> None:
@@ -225,6 +242,6 @@ def test_a_second_signal_cuts_in_flight_requests_short_and_exits_0_cleanly(
     for response in results:
         assert isinstance(response, httpx.Response), response
         if response.status_code != 200:
-            assert_error(response, 503, "shutting_down")
+            assert_cut_short(response)
     assert "Traceback" not in text
     assert "Application shutdown complete" in text

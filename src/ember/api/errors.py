@@ -49,6 +49,7 @@ ERROR_TABLE: dict[type[errors.EmberError], ErrorKind] = {
     errors.InvalidModelSettings: ErrorKind(503, "server_error", "model_load_failed"),
     errors.ModelError: ErrorKind(503, "server_error", "model_unavailable"),
     errors.Overloaded: ErrorKind(429, "rate_limit_error", "rate_limit_exceeded"),
+    errors.ShuttingDown: ErrorKind(503, "server_error", "shutting_down"),
     errors.RequestTimedOut: ErrorKind(503, "server_error", "timeout"),
     errors.EngineFailure: ErrorKind(503, "server_error", "engine_failure"),
     errors.EmberError: ErrorKind(500, "server_error", None),
@@ -91,7 +92,7 @@ def response_for(error: errors.EmberError) -> Response:
     kind = kind_of(error)
     param = error.param if isinstance(error, errors.InvalidRequest) else None
     headers: dict[str, str] = {}
-    if isinstance(error, errors.Overloaded):
+    if isinstance(error, (errors.Overloaded, errors.ShuttingDown)):
         headers["Retry-After"] = str(error.retry_after_seconds)
     if isinstance(error, errors.AuthenticationFailed):
         headers["WWW-Authenticate"] = "Bearer"

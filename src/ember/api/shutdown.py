@@ -6,12 +6,14 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ember.api.errors import error_response
+from ember.api.errors import response_for
+from ember.errors import ShuttingDown
 
 
 class CutShortMiddleware:
     """When the server cancels a request that has not started its response (uvicorn does, to
-    every request still running when `shutdown_grace_seconds` end), answer 503 + Retry-After.
+    every request still running when `shutdown_grace_seconds` end), answer the error
+    table's ShuttingDown (503 + Retry-After).
 
     Only the server cancels a request's task: the app's own cancellations stay inside it.
     """
@@ -35,11 +37,7 @@ class CutShortMiddleware:
         except asyncio.CancelledError:
             if started:
                 raise
-            response = error_response(
-                503,
-                "The server is shutting down and could not finish this request; retry it.",
-                "server_error",
-                code="shutting_down",
-                headers={"Retry-After": "1"},
+            refusal = ShuttingDown(
+                "The server is shutting down and could not finish this request; retry it."
             )
-            await response(scope, receive, send)
+            await response_for(refusal)(scope, receive, send)
