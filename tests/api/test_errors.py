@@ -8,6 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from ember.api import routes
+from ember.api.errors import response_for
+from ember.errors import EmberError
+
 MODEL = "all-MiniLM-L6-v2"
 
 
@@ -142,3 +146,47 @@ def test_an_identity_content_encoding_is_read_as_is(http: httpx.Client) -> None:
         headers={"Content-Encoding": "identity"},
     )
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "broken"),
+    [
+        ("GET", f"/v1/models/{MODEL}", None, "_card"),
+        (
+            "POST",
+            "/v1/embeddings",
+            {"model": MODEL, "input": "x", "dimensions": 64},
+            "_check_dimensions",
+        ),
+    ],
+    ids=["FastAPI route", "embeddings route"],
+)
+def test_a_bug_is_the_tables_plain_500_without_its_trace(
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    payload: dict[str, Any] | None,
+    broken: str,
+) -> None:
+    """A bug inside a route (here planted in a helper it calls) reaches the client as the
+    table's answer to the root EmberError, on both routes that answer one."""
+
+    def bug(*_args: object) -> None:
+        raise RuntimeError("secret detail of the bug")
+
+    monkeypatch.setattr(routes, broken, bug)
+    response = http.request(method, path, json=payload)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "Internal server error.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    table = response_for(EmberError("Internal server error."))
+    assert response.status_code == table.status_code
+    assert response.content == table.body
+    assert response.headers["content-type"] == table.headers["content-type"]

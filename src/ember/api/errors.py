@@ -104,9 +104,10 @@ def response_for(error: errors.EmberError) -> Response:
 
 
 def internal_error_response(exc: BaseException) -> Response:
-    """A bug, logged with its trace; the client gets a plain 500 body, never the trace."""
+    """A bug, logged with its trace; the client gets the table's answer to the root
+    EmberError (a plain 500), never the trace."""
     log.exception("unexpected error", exc_info=exc)
-    return error_response(500, "Internal server error.", "server_error")
+    return response_for(errors.EmberError("Internal server error."))
 
 
 def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
