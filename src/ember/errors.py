@@ -9,6 +9,9 @@ The tree (the API maps each leaf to a status and an OpenAI error body in one tab
     │   ├── LimitExceeded           a configured request limit was breached
     │   │   └── PayloadTooLarge     the body is larger than the server accepts
     │   ├── CodingNotSupported      the body's Content-Encoding is one the server cannot undo
+    │   ├── RequestBodyStalled      the body stopped arriving before its end
+    │   ├── RouteNotFound           no route answers the request's path
+    │   ├── MethodNotAllowed        the path is answered, but not for this method
     │   └── DimensionsNotSupported  `dimensions` asked of a model that cannot shorten
     ├── AuthenticationFailed        missing or wrong API key
     ├── HostNotAllowed              the Host header is not one the server answers to
@@ -77,6 +80,23 @@ class CodingNotSupported(InvalidRequest):
     def __init__(self, message: str, accepted: tuple[str, ...]) -> None:
         super().__init__(message)
         self.accepted = accepted
+
+
+class RequestBodyStalled(InvalidRequest):
+    """No byte of the request's body came for longer than the server waits: the connection
+    is closed after the answer."""
+
+
+class RouteNotFound(InvalidRequest):
+    """No route answers the path: most often a client's base URL without /v1."""
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The path is served for other methods, `allowed` (as the Allow header lists them)."""
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(message)
+        self.allowed = allowed
 
 
 class DimensionsNotSupported(InvalidRequest):

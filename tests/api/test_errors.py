@@ -10,7 +10,7 @@ import pytest
 
 from ember.api import routes
 from ember.api.errors import response_for
-from ember.errors import EmberError
+from ember.errors import EmberError, MethodNotAllowed, RouteNotFound
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -115,8 +115,18 @@ def test_a_wrong_method_names_the_allowed_ones(
 ) -> None:
     """RFC 9110 15.5.6: a 405 carries an Allow header listing the methods the route takes."""
     response = http.request(method, path)
-    assert_error(response, 405, code="method_not_allowed")
+    error = assert_error(response, 405, code="method_not_allowed")
     assert allowed in response.headers.get("allow", "").split(", ")
+    table = response_for(MethodNotAllowed(error["message"], response.headers["allow"]))
+    assert response.content == table.body  # the error table's answer
+    assert response.headers["allow"] == table.headers["allow"]
+
+
+def test_a_path_no_route_answers_gets_the_tables_404(http: httpx.Client) -> None:
+    response = http.post("/embeddings/v1", json={"model": MODEL, "input": "x"})
+    error = assert_error(response, 404, code="not_found", type="invalid_request_error")
+    assert error["message"].startswith("Invalid URL (POST /embeddings/v1): Ember answers")
+    assert response.content == response_for(RouteNotFound(error["message"])).body
 
 
 @pytest.mark.parametrize("coding", ["br", "zstd", "gzip, br", "compress"])

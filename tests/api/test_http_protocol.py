@@ -14,7 +14,7 @@ import pytest
 
 from ember.api.errors import response_for
 from ember.api.http_protocol import GuardedHttpToolsProtocol, HeadHoldingTransport
-from ember.errors import InvalidRequest
+from ember.errors import InvalidRequest, RequestBodyStalled
 from ember.settings import ServerSettings
 from tests.support.models import write_fake_model
 from tests.support.server import serve_in_thread
@@ -296,6 +296,8 @@ def test_a_stalled_request_body_gets_408_and_others_are_served(
             "code": "request_timeout",
         }
     }
+    stalled_error = RequestBodyStalled("The request body stopped arriving: no byte for 0.5 s.")
+    assert body == response_for(stalled_error).body  # the error table's answer
     assert 0.4 < waited < 5
 
 

@@ -34,6 +34,9 @@ ERROR_TABLE: dict[type[errors.EmberError], ErrorKind] = {
     errors.CodingNotSupported: ErrorKind(
         415, "invalid_request_error", "unsupported_content_encoding"
     ),
+    errors.RequestBodyStalled: ErrorKind(408, "invalid_request_error", "request_timeout"),
+    errors.RouteNotFound: ErrorKind(404, "invalid_request_error", "not_found"),
+    errors.MethodNotAllowed: ErrorKind(405, "invalid_request_error", "method_not_allowed"),
     errors.DimensionsNotSupported: ErrorKind(
         400, "invalid_request_error", "dimensions_not_supported"
     ),
@@ -98,6 +101,8 @@ def response_for(error: errors.EmberError) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, errors.CodingNotSupported):  # what to send instead (RFC 9110 12.5.3)
         headers["Accept-Encoding"] = ", ".join(error.accepted)
+    if isinstance(error, errors.MethodNotAllowed):  # the methods it takes (RFC 9110 15.5.6)
+        headers["Allow"] = error.allowed
     return error_response(
         kind.status, error.message, kind.type, param=param, code=kind.code, headers=headers
     )
@@ -128,21 +133,23 @@ def validation_message(exc: ValidationError | RequestValidationError) -> tuple[s
     return f"Invalid value for '{where}': {first['msg']}.", param
 
 
-def _http_error_message(request: Request, exc: HTTPException, headers: dict[str, str]) -> str:
-    """What routing refused, named as OpenAI names it ("Invalid URL (POST /v1/foo)")."""
+def routing_error(request: Request, exc: HTTPException) -> errors.EmberError | None:
+    """What routing refused, as the domain error the table answers, named as OpenAI names it
+    ("Invalid URL (POST /v1/foo)"); None for another HTTPException."""
     where = f"{request.method} {request.url.path}"
+    allowed = (exc.headers or {}).get("Allow")
     if exc.status_code == 404 and exc.detail == "Not Found":
-        return (
+        return errors.RouteNotFound(
             f"Invalid URL ({where}): Ember answers POST /v1/embeddings, GET /v1/models and "
             "GET /v1/models/{id}; a client's base URL ends in /v1."
         )
-    if exc.status_code == 405 and "Allow" in headers:
-        message = f"Method not allowed ({where}): this path takes {headers['Allow']}."
+    if exc.status_code == 405 and allowed is not None:
+        message = f"Method not allowed ({where}): this path takes {allowed}."
         if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
             # A browser's CORS preflight, which answers it only when CORS is on.
             message += " To let a web page call Ember, list its origin in EMBER_CORS_ORIGINS."
-        return message
-    return str(exc.detail)
+        return errors.MethodNotAllowed(message, allowed)
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -155,16 +162,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         message, param = validation_message(exc)
-        return error_response(400, message, "invalid_request_error", param=param)
+        return response_for(errors.InvalidRequest(message, param=param))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        refusal = routing_error(request, exc)
+        if refusal is not None:
+            return response_for(refusal)
+        # Raised by the framework with a status of its own choosing, outside the table.
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        # Keep the exception's headers: a 405's Allow (RFC 9110 15.5.6) names the methods.
         headers = dict(exc.headers) if exc.headers else None
-        message = _http_error_message(request, exc, headers or {})
-        return error_response(exc.status_code, message, error_type, code=code, headers=headers)
+        return error_response(exc.status_code, str(exc.detail), error_type, headers=headers)
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
         return internal_error_response(exc)

@@ -22,6 +22,7 @@ import asyncio
 from typing import Any, cast
 
 from ember.api.http_requests import UpgradeIgnoringHttpToolsProtocol
+from ember.errors import RequestBodyStalled
 
 _RESPONSE_HEAD_START = b"HTTP/1.1 "
 # Bodies up to this size are joined to their head; a larger one's own send costs little beside
@@ -165,10 +166,10 @@ class GuardedHttpToolsProtocol(HeadHoldingHttpToolsProtocol):
             if cycle.response_complete:  # answered without reading the whole body
                 self.transport.close()
             return  # an answer being sent is never cut
-        self.send_error_and_close(
-            b"408 Request Timeout",
-            f"The request body stopped arriving: no byte for {self.body_idle_seconds:g} s.",
-            "request_timeout",
+        self.send_refusal_and_close(
+            RequestBodyStalled(
+                f"The request body stopped arriving: no byte for {self.body_idle_seconds:g} s."
+            )
         )
 
     def _head_timed_out(self) -> None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import httptools
-from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ember.api.errors import error_response, response_for
+from ember.api.errors import response_for
 from ember.errors import EmberError, InvalidRequest
 
 
@@ -30,17 +29,7 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     def send_refusal_and_close(self, error: EmberError) -> None:
         """Answer `error` as the error table renders it, outside any request's cycle, then
         close: status, body and headers are the table's, as for a refusal inside the app."""
-        self._send_and_close(response_for(error))
-
-    def send_error_and_close(self, status: bytes, message: str, code: str) -> None:
-        """An OpenAI error body picked by the caller, not the table: kept for http_protocol's
-        408 until it raises a domain error through send_refusal_and_close."""
-        body_status = int(status.split(b" ", 1)[0])
-        self._send_and_close(
-            error_response(body_status, message, "invalid_request_error", code=code)
-        )
-
-    def _send_and_close(self, response: Response) -> None:
+        response = response_for(error)
         status = HTTPStatus(response.status_code)
         head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))]
         head += [
