@@ -24,8 +24,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 class DirectRoute:
     """Serves one (method, path), and the `aliases` of that path, with `endpoint`; everything
-    else goes on to `app`, the FastAPI app whose state the endpoint reads. Metrics label an
-    alias's requests with `path`."""
+    else goes on to `others` (by default `app`, the FastAPI app whose state the endpoint
+    reads). Metrics label an alias's requests with `path`."""
 
     def __init__(
         self,
@@ -35,8 +35,10 @@ class DirectRoute:
         path: str,
         endpoint: Endpoint,
         aliases: Collection[str] = (),
+        others: ASGIApp | None = None,
     ) -> None:
         self.app = app
+        self.others = others or app
         self.method = method
         self.path = path
         self.paths = frozenset({path, *aliases})
@@ -48,7 +50,7 @@ class DirectRoute:
             or scope["path"] not in self.paths
             or scope["method"] != self.method
         ):
-            await self.app(scope, receive, send)
+            await self.others(scope, receive, send)
             return
         scope["app"] = self.app  # as FastAPI would set them: the endpoint reads app.state,
         scope["route"] = self  # and metrics are labelled by the route's path

@@ -79,6 +79,7 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, log_level: str) ->
         port=settings.port,
         log_level=log_level,
         access_log=False,  # ObserveMiddleware writes Ember's own access log
+        proxy_headers=False,  # applied past the embeddings route (forwarded_headers_applied)
         http=GuardedHttpToolsProtocol,
         # Idle connections close on the protocol's head timer. uvicorn's own default (5 s) is
         # the expiry of httpx's pool too: a request sent as both ran out failed (ReadError).
