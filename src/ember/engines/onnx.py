@@ -14,6 +14,7 @@ from ember.engines.base import TokenBatch, TokenIds, Vectors
 from ember.engines.cores import available_cores
 from ember.engines.heap import return_freed_memory
 from ember.errors import EngineFailure, ModelLoadFailed
+from ember.file_identity import FileIdentity, file_identity
 from ember.pooling import NORMALIZED_METADATA, GraphOutputFinish, Pooling
 
 log = logging.getLogger(__name__)
@@ -190,20 +191,6 @@ class _LaneSession:
         if self._opening is not None:
             self._opening.join()
         self._session = None
-
-
-# A file as the file system knows it: device, inode, size, modification time.
-FileIdentity = tuple[int, int, int, int]
-
-
-def file_identity(path: Path) -> FileIdentity | None:
-    """Which file `path` is now (None if it cannot be read): a file replaced, renamed over or
-    rewritten differs."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def session_options(threads: int, *, quiet: bool = False) -> Any:

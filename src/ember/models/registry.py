@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from ember.errors import (
     ModelLoadFailed,
     ModelNotFound,
 )
+from ember.file_identity import FileIdentity, file_identity
 from ember.models.graph_files import table_files
 from ember.models.loader import LoadedModel, load_model, weight_copies
 from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
@@ -33,7 +33,6 @@ from ember.models.settings import SETTINGS_FILE, ModelSettings, read_settings
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Path, ModelSettings, bool], LoadedModel]
-FileIdentity = tuple[int, int, int, int]
 
 
 @dataclass
@@ -43,7 +42,9 @@ class RegisteredModel:
     folder: Path
     settings: ModelSettings | None
     problem: str | None = None
-    identity: FileIdentity | None = None  # its model.json's, when scanned
+    # Its model.json's, when scanned: a folder removed and added again may reuse the old
+    # folder's inode, but its model.json is written anew, so this tells them apart.
+    identity: FileIdentity | None = None
     loaded: LoadedModel | None = None
     last_used: float = 0.0
     users: int = 0  # requests using it now: it is not idle, whatever its keep_alive
@@ -78,7 +79,7 @@ class RegisteredModel:
         Asked on every request (twice), so it is one `stat` of a path made once: the
         path joined anew each time cost 5 us, the `stat` alone 1.3.
         """
-        return path_identity(self._settings_path) != self.identity
+        return file_identity(self._settings_path) != self.identity
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class ModelRegistry:
         self._names: dict[str, str] = {}
         self._clashes: set[str] = set()
         self._models_dir_path = str(models_dir)
+        # Changes when a folder in it is added, removed or renamed.
         self._models_dir_identity: FileIdentity | None = None
         self._reads: dict[Path, _SettingsRead] = {}  # by folder, those of the last scan
         # With a budget, models load one at a time: room is made for a model when its load
@@ -125,7 +127,7 @@ class ModelRegistry:
         found: dict[str, RegisteredModel] = {}
         clashes: list[str] = []
         reads: dict[Path, _SettingsRead] = {}
-        self._models_dir_identity = path_identity(self._models_dir_path)
+        self._models_dir_identity = file_identity(self._models_dir_path)
         for folder in self._model_folders():
             read = reads[folder] = self._read_settings(folder)
             settings = read.settings
@@ -166,7 +168,7 @@ class ModelRegistry:
         The identity is taken before the read, so a file rewritten during it is read again
         at the next scan rather than kept, stale, under the new file's identity.
         """
-        identity = path_identity(folder / SETTINGS_FILE)
+        identity = file_identity(folder / SETTINGS_FILE)
         known = self._reads.get(folder)
         if known is not None and identity is not None and known.identity == identity:
             return known
@@ -186,7 +188,7 @@ class ModelRegistry:
         if (
             known is None
             or self._models[known].replaced
-            or path_identity(self._models_dir_path) != self._models_dir_identity
+            or file_identity(self._models_dir_path) != self._models_dir_identity
         ):
             self.rescan()
         model_id = self._names.get(name)
@@ -345,22 +347,6 @@ class ModelRegistry:
             for path in self.models_dir.glob(f"*/{SETTINGS_FILE}")
             if not path.parent.name.startswith(".")
         )
-
-
-def path_identity(path: str | Path) -> FileIdentity | None:
-    """Device, inode, size and mtime of `path`; None once it is gone.
-
-    Of a model folder's model.json: a folder removed and added again may reuse the old
-    folder's inode, but its model.json is written anew, so this tells them apart; rewriting
-    model.json counts as a change too (the size as well as the mtime, which a rewrite in
-    place within the clock's tick keeps). Of the models folder itself: it changes when a
-    folder in it is added, removed or renamed.
-    """
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _file_size(path: Path) -> int:
